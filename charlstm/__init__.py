@@ -1,0 +1,13 @@
+"""charlstm: fused LSTM kernels for PyTorch under a drop-in ``torch.nn.LSTM``.
+
+Public API::
+
+    charlstm.LSTM(...)              # drop-in for torch.nn.LSTM, plus backend="auto"
+    charlstm.convert_lstm(model)    # swap every nn.LSTM inside a model, in place
+    charlstm.use_backend("triton")  # context manager (CHARLSTM_BACKEND does the same process-wide)
+"""
+from ._version import __version__
+from .backends import BACKENDS, BackendUnavailable, use_backend
+from .lstm import LSTM, convert_lstm
+
+__all__ = ["__version__", "LSTM", "convert_lstm", "use_backend", "BACKENDS", "BackendUnavailable"]

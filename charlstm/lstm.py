@@ -1,0 +1,275 @@
+"""``charlstm.LSTM``: a drop-in ``torch.nn.LSTM`` whose recurrence runs on a chosen backend.
+
+The module *is* an ``nn.LSTM`` (a subclass), so it has the same arguments, parameter names,
+shapes, default initialisation and ``state_dict``; only ``forward`` differs.  With the
+``torch`` backend it calls ``nn.LSTM.forward`` (cuDNN on a GPU).  With a kernel backend it
+does, per layer and direction:
+
+1. ``xproj = x @ W_ih^T + b_ih + b_hh`` -- one GEMM over all steps (torch / cuBLAS);
+2. the reverse direction reverses each sequence within its own length;
+3. ``proj_size``: the recurrence runs on the unprojected ``m[t] = o * tanh(c[t])`` with
+   ``W_eff = W_hh @ W_hr`` (so ``h[t-1] @ W_hh^T == m[t-1] @ W_eff^T``); the user's projected
+   ``h0`` enters through step 0's input (``xproj[0] += h0 @ W_hh^T``, with ``m0 = 0``), and
+   ``h = m @ W_hr^T`` is one GEMM afterwards;
+4. the backend's recurrent core (``charlstm.backends.contract``);
+5. dropout between layers in training mode.
+
+``PackedSequence`` input is unpacked once into a padded, length-sorted batch plus per-row
+lengths; the core leaves rows past their length untouched, so the final states come out right.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends
+
+__all__ = ["LSTM", "convert_lstm"]
+
+
+def _reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse each sequence of a [T, B, ...] tensor within its own length."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)             # [T, 1]
+    L = lengths.to(device=x.device, dtype=torch.long).unsqueeze(0)  # [1, B]
+    idx = torch.where(t < L, L - 1 - t, t)                        # [T, B]
+    idx = idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, idx)
+
+
+class LSTM(nn.LSTM):
+    """Drop-in replacement for :class:`torch.nn.LSTM` with a selectable backend.
+
+    Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``
+    (``"auto"``, ``"reference"``, ``"torch"``, ``"triton"`` or ``"cuda"``).  The
+    :func:`charlstm.use_backend` context and the ``CHARLSTM_BACKEND`` environment variable
+    override it.  ``forward(input, hx=None) -> (output, (h_n, c_n))`` as in ``nn.LSTM``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                         proj_size=proj_size, device=device, dtype=dtype)
+        self.backend = backends.validate_name(backend)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    # ------------------------------------------------------------------ checks
+    def _check_forward_args(self, input, hx) -> tuple[bool, bool]:
+        """Validate input and hx; return (is_packed, is_unbatched). Raises with clear messages."""
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, Tensor):
+            raise TypeError(f"charlstm.LSTM: input must be a Tensor or PackedSequence, got "
+                            f"{type(input).__name__}")
+        if packed:
+            if data.dim() != 2:
+                raise ValueError(f"charlstm.LSTM: PackedSequence data must be 2-D "
+                                 f"(sum of lengths, input_size), got shape {tuple(data.shape)}")
+            unbatched = False
+        elif data.dim() == 3:
+            unbatched = False
+        elif data.dim() == 2:
+            unbatched = True
+        else:
+            layout = "(batch, seq, feature)" if self.batch_first else "(seq, batch, feature)"
+            raise ValueError(f"charlstm.LSTM: expected input of rank 3 {layout} or rank 2 "
+                             f"(seq, feature) for unbatched input, got rank {data.dim()} with "
+                             f"shape {tuple(data.shape)}")
+        if data.shape[-1] != self.input_size:
+            raise ValueError(f"charlstm.LSTM: input feature size must be input_size="
+                             f"{self.input_size}, got {data.shape[-1]} (input shape "
+                             f"{tuple(data.shape)})")
+        w = self.weight_ih_l0
+        if not data.is_floating_point():
+            raise TypeError(f"charlstm.LSTM: input must be a floating-point tensor, got {data.dtype}")
+        if data.device != w.device:
+            raise RuntimeError(f"charlstm.LSTM: input is on {data.device} but the weights are on "
+                               f"{w.device}; move one of them (e.g. model.to({data.device!s}))")
+        if data.dtype != w.dtype and not torch.is_autocast_enabled(data.device.type):
+            raise RuntimeError(f"charlstm.LSTM: input dtype {data.dtype} does not match the "
+                               f"weights' dtype {w.dtype}; convert one of them (e.g. "
+                               f"model.to({data.dtype}))")
+        if hx is not None:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                    and all(isinstance(t, Tensor) for t in hx)):
+                raise TypeError("charlstm.LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}")
+            if packed:
+                batch = int(input.batch_sizes[0])
+            else:
+                batch = 1 if unbatched else data.shape[0 if self.batch_first else 1]
+            D = 2 if self.bidirectional else 1
+            h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+            for name, t, size in (("h_0", hx[0], h_out), ("c_0", hx[1], self.hidden_size)):
+                if unbatched:
+                    expected = (self.num_layers * D, size)
+                    what = "(num_layers * num_directions, hidden)"
+                else:
+                    expected = (self.num_layers * D, batch, size)
+                    what = "(num_layers * num_directions, batch, hidden)"
+                if tuple(t.shape) != expected:
+                    raise ValueError(f"charlstm.LSTM: {name} must have shape {what} = "
+                                     f"{expected}, got {tuple(t.shape)}")
+                if t.device != data.device:
+                    raise RuntimeError(f"charlstm.LSTM: {name} is on {t.device} but input is on "
+                                       f"{data.device}")
+                if t.dtype != data.dtype:
+                    raise RuntimeError(f"charlstm.LSTM: {name} dtype {t.dtype} does not match "
+                                       f"input dtype {data.dtype}")
+        return packed, unbatched
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None):  # noqa: D401  (same contract as nn.LSTM.forward)
+        packed, unbatched = self._check_forward_args(input, hx)
+        data = input.data if packed else input
+        if packed:
+            batch, seq = int(input.batch_sizes[0]), len(input.batch_sizes)
+        elif unbatched:
+            batch, seq = 1, data.shape[0]
+        else:
+            batch = data.shape[0 if self.batch_first else 1]
+            seq = data.shape[1 if self.batch_first else 0]
+        name = backends.resolve(backends.requested(self.backend), data.device, data.dtype,
+                                batch=batch, hidden=self.hidden_size, seq_len=seq)
+        if not backends.is_core(name):
+            return super().forward(input, hx)
+        return self._forward_core(input, hx, backends.core_for(name), packed, unbatched)
+
+    def _layer_params(self, layer: int, reverse: bool):
+        sfx = f"l{layer}" + ("_reverse" if reverse else "")
+        w_ih = getattr(self, f"weight_ih_{sfx}")
+        w_hh = getattr(self, f"weight_hh_{sfx}")
+        b = (getattr(self, f"bias_ih_{sfx}") + getattr(self, f"bias_hh_{sfx}")) if self.bias else None
+        w_hr = getattr(self, f"weight_hr_{sfx}") if self.proj_size > 0 else None
+        return w_ih, w_hh, b, w_hr
+
+    def _forward_core(self, input, hx, core, packed: bool, unbatched: bool):
+        if packed:
+            data, batch_sizes = input.data, input.batch_sizes
+            T, B = len(batch_sizes), int(batch_sizes[0])
+            mask = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)   # [T, B], CPU
+            lengths_cpu = mask.sum(0)
+            mask = mask.to(data.device)
+            x = data.new_zeros(T, B, data.shape[-1])
+            x[mask] = data
+            lengths = lengths_cpu.to(device=data.device, dtype=torch.int32)
+        else:
+            x = input.unsqueeze(1) if unbatched else input
+            if self.batch_first and not unbatched:
+                x = x.transpose(0, 1)
+            T, B = x.shape[0], x.shape[1]
+            lengths = None
+
+        D = 2 if self.bidirectional else 1
+        h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is None:
+            h0 = x.new_zeros(self.num_layers * D, B, h_out)
+            c0 = x.new_zeros(self.num_layers * D, B, self.hidden_size)
+        else:
+            h0, c0 = hx
+            if unbatched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            if packed and input.sorted_indices is not None:
+                h0 = h0.index_select(1, input.sorted_indices)
+                c0 = c0.index_select(1, input.sorted_indices)
+
+        cast = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        if cast is not None:
+            x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
+        with torch.autocast(x.device.type, enabled=False):
+            h_n, c_n = [], []
+            layer_in = x
+            for layer in range(self.num_layers):
+                outs = []
+                for d in range(D):
+                    params = [p.to(cast) if (p is not None and cast is not None) else p
+                              for p in self._layer_params(layer, reverse=d == 1)]
+                    k = layer * D + d
+                    out, hT, cT = _run_direction(core, layer_in, *params, h0[k], c0[k], lengths,
+                                                 reverse=d == 1)
+                    outs.append(out)
+                    h_n.append(hT)
+                    c_n.append(cT)
+                layer_in = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    layer_in = F.dropout(layer_in, p=self.dropout, training=True)
+            h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+
+        if packed:
+            output = PackedSequence(layer_in[mask], input.batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+            if input.unsorted_indices is not None:
+                h_n = h_n.index_select(1, input.unsorted_indices)
+                c_n = c_n.index_select(1, input.unsorted_indices)
+            return output, (h_n, c_n)
+        output = layer_in
+        if unbatched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+
+def _run_direction(core, x: Tensor, w_ih: Tensor, w_hh: Tensor, b: Optional[Tensor],
+                   w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+                   reverse: bool):
+    """One layer, one direction: projection GEMM, the backend's core, output projection."""
+    xproj = F.linear(x, w_ih, b)                         # [T, B, 4H], one GEMM
+    if reverse:
+        xproj = _reverse_padded(xproj, lengths)
+    if w_hr is not None:
+        # h[t-1] @ W_hh^T == m[t-1] @ (W_hh W_hr)^T; h0 enters through step 0's input.
+        first = xproj[0] + h0 @ w_hh.t()
+        xproj = torch.cat([first.unsqueeze(0), xproj[1:]], 0)
+        w_core = w_hh @ w_hr
+        h0_core = h0.new_zeros(h0.shape[0], w_hr.shape[1])
+    else:
+        w_core, h0_core = w_hh, h0
+    hs, hT, cT = core(xproj.contiguous(), w_core.contiguous(), h0_core.contiguous(),
+                      c0.contiguous(), lengths)
+    if w_hr is not None:
+        hs, hT = F.linear(hs, w_hr), F.linear(hT, w_hr)
+    if reverse:
+        hs = _reverse_padded(hs, lengths)
+    return hs, hT, cT
+
+
+def convert_lstm(module: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace every ``torch.nn.LSTM`` inside ``module`` by a :class:`charlstm.LSTM`, in place.
+
+    The new layers reuse the very same ``Parameter`` objects (so weights, device, dtype and
+    any optimizer that already holds them stay valid) and keep train/eval mode.  Returns the
+    model; if ``module`` is itself an ``nn.LSTM``, returns its replacement.
+    """
+    backends.validate_name(backend)
+
+    def convert_one(old: nn.LSTM) -> LSTM:
+        new = LSTM(old.input_size, old.hidden_size, old.num_layers, old.bias, old.batch_first,
+                   old.dropout, old.bidirectional, old.proj_size, device="meta", backend=backend)
+        for name in old._flat_weights_names:
+            setattr(new, name, getattr(old, name))
+        new.train(old.training)
+        return new
+
+    if isinstance(module, nn.LSTM) and not isinstance(module, LSTM):
+        return convert_one(module)
+    if isinstance(module, LSTM):
+        module.backend = backends.validate_name(backend)
+        return module
+    for parent in module.modules():
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.LSTM) and not isinstance(child, LSTM):
+                setattr(parent, child_name, convert_one(child))
+            elif isinstance(child, LSTM):
+                child.backend = backends.validate_name(backend)
+    return module
