@@ -1,8 +1,11 @@
 """``charlstm.LSTM``: a drop-in ``torch.nn.LSTM`` whose recurrence runs on a chosen backend.
 
-The module *is* an ``nn.LSTM`` (a subclass), so it has the same arguments, parameter names,
-shapes, default initialisation and ``state_dict``; only ``forward`` differs.  With the
-``torch`` backend it calls ``nn.LSTM.forward`` (cuDNN on a GPU).  With a kernel backend it
+The module is built by ``nn.RNNBase`` in ``"LSTM"`` mode, exactly as ``nn.LSTM`` is, so it has
+the same arguments, parameter names, shapes, default initialisation and ``state_dict``; only
+``forward`` differs.  It is deliberately not an ``nn.LSTM`` instance: ``torch.compile`` refuses
+to trace any ``isinstance(m, nn.LSTM)`` module, and charlstm's kernel backends are meant to be
+compiled without a graph break.  With the ``torch`` backend it runs ``nn.LSTM.forward``
+(cuDNN on a GPU).  With a kernel backend it
 does, per layer and direction:
 
 1. ``xproj = x @ W_ih^T + b_ih + b_hh`` -- one GEMM over all steps (torch / cuBLAS);
@@ -43,7 +46,7 @@ def _reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, idx)
 
 
-class LSTM(nn.LSTM):
+class LSTM(nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM` with a selectable backend.
 
     Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``
@@ -55,10 +58,16 @@ class LSTM(nn.LSTM):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, backend: str = "auto") -> None:
-        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias,
+        super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype)
         self.backend = backends.validate_name(backend)
+        backends.preload(self.backend)
+
+    # nn.LSTM's own helpers, so that nn.LSTM.forward runs unchanged for the ``torch`` backend.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"
@@ -142,7 +151,7 @@ class LSTM(nn.LSTM):
         name = backends.resolve(backends.requested(self.backend), data.device, data.dtype,
                                 batch=batch, hidden=self.hidden_size, seq_len=seq)
         if not backends.is_core(name):
-            return super().forward(input, hx)
+            return nn.LSTM.forward(self, input, hx)
         return self._forward_core(input, hx, backends.core_for(name), packed, unbatched)
 
     def _layer_params(self, layer: int, reverse: bool):
@@ -261,15 +270,17 @@ def convert_lstm(module: nn.Module, backend: str = "auto") -> nn.Module:
         new.train(old.training)
         return new
 
-    if isinstance(module, nn.LSTM) and not isinstance(module, LSTM):
+    if isinstance(module, nn.LSTM):
         return convert_one(module)
     if isinstance(module, LSTM):
         module.backend = backends.validate_name(backend)
+        backends.preload(module.backend)
         return module
     for parent in module.modules():
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.LSTM) and not isinstance(child, LSTM):
+            if isinstance(child, nn.LSTM):
                 setattr(parent, child_name, convert_one(child))
             elif isinstance(child, LSTM):
                 child.backend = backends.validate_name(backend)
+                backends.preload(child.backend)
     return module

@@ -63,6 +63,7 @@ def validate_name(name: str) -> str:
 def use_backend(name: str) -> Iterator[None]:
     """Run every ``charlstm.LSTM`` in this thread with backend ``name`` inside the block."""
     name = validate_name(name)
+    preload(name)
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
@@ -87,17 +88,38 @@ def requested(module_choice: str) -> str:
     return module_choice
 
 
+_LOADED: dict = {}
+
+
 def _load(name: str):
-    """Import a backend module; return (module, None) or (None, reason)."""
+    """Import a backend module once; return (module, None) or (None, reason).
+
+    The result is cached, so that the forward path (traced by ``torch.compile``) only reads
+    a dict after the first call.
+    """
+    if name in _LOADED:
+        return _LOADED[name]
     b = _REGISTRY[name]
     if b.module is None:
-        return None, None
-    try:
-        return importlib.import_module(b.module), None
-    except BackendUnavailable as e:
-        return None, str(e)
-    except ImportError as e:
-        return None, f"import failed: {e}"
+        result = (None, None)
+    else:
+        try:
+            result = (importlib.import_module(b.module), None)
+        except BackendUnavailable as e:
+            result = (None, str(e))
+        except ImportError as e:
+            result = (None, f"import failed: {e}")
+    _LOADED[name] = result
+    return result
+
+
+def preload(*names: str) -> None:
+    """Import the named backends now (and the ``CHARLSTM_BACKEND`` one), outside any
+    ``torch.compile`` trace: Dynamo cannot trace an import, only the cached lookup after it."""
+    env = os.environ.get(ENV_VAR, "").lower()
+    for name in names + ((env,) if env in _REGISTRY else ()):
+        if name in _REGISTRY:
+            _load(name)
 
 
 def unavailable_reason(name: str, device: Optional[torch.device] = None,

@@ -1,0 +1,152 @@
+"""Shared helpers for comparing a ``charlstm.LSTM`` backend against ``torch.nn.LSTM``.
+
+Used by the conformance tests of every backend: a new backend adds its name to a list, it does
+not copy these.  ``run_pair`` builds both modules from one state_dict, feeds them the same
+input (padded, unbatched or packed), backpropagates the same upstream gradient through
+outputs, ``h_n`` and ``c_n``, and returns everything to compare.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import charlstm
+
+#: (atol, rtol) per dtype for charlstm vs torch.nn.LSTM on the CPU.  float64: both compute in
+#: float64 and differ only in summation order.  float32: the reference accumulates in float32
+#: like torch's CPU kernel; 1e-5 covers reassociation over T<=64 steps.
+TOLERANCES = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 1e-4)}
+
+
+@dataclass
+class Case:
+    input_size: int = 5
+    hidden_size: int = 7
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    bidirectional: bool = False
+    proj_size: int = 0
+    T: int = 6
+    B: int = 3
+    kind: str = "padded"           # padded | unbatched | packed | packed_unsorted
+    with_hx: bool = True
+    lengths: list = field(default_factory=list)
+
+    def module_kwargs(self) -> dict:
+        return dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, proj_size=self.proj_size)
+
+    def id(self) -> str:
+        parts = [self.kind, f"L{self.num_layers}", f"T{self.T}", f"B{self.B}", f"H{self.hidden_size}"]
+        if not self.bias:
+            parts.append("nobias")
+        if self.batch_first:
+            parts.append("bf")
+        if self.bidirectional:
+            parts.append("bidir")
+        if self.proj_size:
+            parts.append(f"proj{self.proj_size}")
+        if not self.with_hx:
+            parts.append("nohx")
+        return "-".join(parts)
+
+
+def _lengths(case: Case) -> list:
+    if case.lengths:
+        return list(case.lengths)
+    g = torch.Generator().manual_seed(case.T * 31 + case.B)
+    ls = torch.randint(1, case.T + 1, (case.B,), generator=g).tolist()
+    ls[0] = case.T
+    return ls
+
+
+def make_data(case: Case, dtype=torch.float64, device="cpu") -> dict:
+    """Seeded inputs for ``case``: a state_dict, x, hx (or None) and packed lengths."""
+    torch.manual_seed(1234)
+    proto = nn.LSTM(case.input_size, case.hidden_size, **case.module_kwargs())
+    state = {k: v.to(device, dtype) for k, v in proto.state_dict().items()}
+    D = 2 if case.bidirectional else 1
+    h_out = case.proj_size or case.hidden_size
+    unbatched = case.kind == "unbatched"
+    B = 1 if unbatched else case.B
+    x = torch.randn(case.T, B, case.input_size).to(device, dtype)
+    hx = None
+    if case.with_hx:
+        h0 = torch.randn(case.num_layers * D, B, h_out).to(device, dtype)
+        c0 = torch.randn(case.num_layers * D, B, case.hidden_size).to(device, dtype)
+        if unbatched:
+            h0, c0 = h0[:, 0], c0[:, 0]
+        hx = (h0, c0)
+    lengths = _lengths(case)
+    if case.kind == "packed":
+        lengths = sorted(lengths, reverse=True)
+    return {"state": state, "x": x, "hx": hx, "lengths": lengths}
+
+
+def cast_data(data: dict, dtype, device) -> dict:
+    """The same data in another dtype/device (for a float64 reference of low-precision runs)."""
+    to = lambda t: t.to(device, dtype)  # noqa: E731
+    return {"state": {k: to(v) for k, v in data["state"].items()}, "x": to(data["x"]),
+            "hx": None if data["hx"] is None else tuple(to(t) for t in data["hx"]),
+            "lengths": data["lengths"]}
+
+
+def run_one(module, case: Case, data: dict) -> dict:
+    """Forward + backward of one module on ``data``; returns outputs and every gradient."""
+    module.load_state_dict(data["state"], strict=True)
+    xi = data["x"].clone().requires_grad_(True)
+    hxi = None if data["hx"] is None else tuple(t.clone().requires_grad_(True) for t in data["hx"])
+    if case.kind == "unbatched":
+        inp = xi[:, 0]
+    elif case.kind.startswith("packed"):
+        inp = pack_padded_sequence(xi, torch.tensor(data["lengths"]),
+                                   enforce_sorted=case.kind == "packed")
+    else:
+        inp = xi.transpose(0, 1) if case.batch_first else xi
+    out, (h_n, c_n) = module(inp, hxi)
+    out_t = out.data if isinstance(out, PackedSequence) else out
+    g = torch.Generator().manual_seed(7)
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum()
+               for t in (out_t, h_n, c_n))
+    wrt = [xi] + list(hxi or []) + [p for _, p in module.named_parameters()]
+    grads = torch.autograd.grad(loss, wrt)
+    names = ["d_input"] + (["d_h0", "d_c0"] if hxi else []) + \
+            [f"d_{n}" for n, _ in module.named_parameters()]
+    res = {"output": out_t.detach(), "h_n": h_n.detach(), "c_n": c_n.detach()}
+    res.update(dict(zip(names, grads)))
+    return res
+
+
+def build(case: Case, backend, dtype, device):
+    """nn.LSTM when backend is None, else charlstm.LSTM(backend=...)."""
+    if backend is None:
+        return nn.LSTM(case.input_size, case.hidden_size, **case.module_kwargs()).to(device, dtype)
+    return charlstm.LSTM(case.input_size, case.hidden_size, **case.module_kwargs(),
+                         backend=backend).to(device, dtype)
+
+
+def run_pair(case: Case, backend: str, dtype=torch.float64, device="cpu"):
+    """Run nn.LSTM and charlstm.LSTM(backend) on identical data; return (ref, got) dicts."""
+    data = make_data(case, dtype, device)
+    return (run_one(build(case, None, dtype, device), case, data),
+            run_one(build(case, backend, dtype, device), case, data))
+
+
+def rel_errors(got: dict, ref: dict) -> dict:
+    """max|got - ref| / max|ref| per key, in float64."""
+    out = {}
+    for k in ref:
+        r, g = ref[k].double().cpu(), got[k].double().cpu()
+        out[k] = ((g - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+    return out
+
+
+def assert_close_all(ref: dict, got: dict, atol: float, rtol: float, label: str = "") -> None:
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=atol, rtol=rtol,
+                                   msg=lambda m, k=k: f"{label} {k}: {m}")

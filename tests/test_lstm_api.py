@@ -1,0 +1,287 @@
+"""charlstm.LSTM as a drop-in: state_dict, init, convert_lstm, errors, backend choice, info."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import charlstm
+from charlstm import backends
+from charlstm.backends import reference
+
+
+# ----------------------------------------------------------------- drop-in: parameters
+def test_same_parameters_and_init_as_nn_lstm():
+    kw = dict(num_layers=2, bidirectional=True, proj_size=3)
+    torch.manual_seed(3)
+    ref = nn.LSTM(6, 8, **kw)
+    torch.manual_seed(3)
+    mine = charlstm.LSTM(6, 8, **kw)
+    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in mine.named_parameters()]
+    for (n, a), b in zip(ref.named_parameters(), mine.parameters()):
+        assert a.shape == b.shape and torch.equal(a, b), n
+    assert isinstance(mine, nn.RNNBase) and mine.mode == "LSTM"
+
+
+def test_state_dict_loads_both_ways_strict():
+    a = nn.LSTM(4, 5, num_layers=2, bidirectional=True, proj_size=2)
+    b = charlstm.LSTM(4, 5, num_layers=2, bidirectional=True, proj_size=2)
+    b.load_state_dict(a.state_dict(), strict=True)
+    a2 = nn.LSTM(4, 5, num_layers=2, bidirectional=True, proj_size=2)
+    a2.load_state_dict(b.state_dict(), strict=True)
+    for (k, v), (_, w) in zip(a.state_dict().items(), a2.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_dropout_between_layers_in_training_only():
+    m = charlstm.LSTM(4, 6, num_layers=2, dropout=0.5, backend="reference")
+    x = torch.randn(5, 2, 4)
+    m.eval()
+    out_eval1, _ = m(x)
+    out_eval2, _ = m(x)
+    assert torch.equal(out_eval1, out_eval2)
+    m.train()
+    torch.manual_seed(1)
+    out_train1, _ = m(x)
+    torch.manual_seed(2)
+    out_train2, _ = m(x)
+    assert not torch.allclose(out_train1, out_train2)
+    # with p=0 training and eval agree exactly
+    m0 = charlstm.LSTM(4, 6, num_layers=2, dropout=0.0, backend="reference")
+    assert torch.equal(m0.train()(x)[0], m0.eval()(x)[0])
+
+
+def test_autocast_bfloat16_on_cpu():
+    m = charlstm.LSTM(4, 6, backend="reference")
+    x = torch.randn(5, 2, 4)
+    full, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, (h, c) = m(x)
+    assert low.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), full, atol=3e-2, rtol=0)
+
+
+# ----------------------------------------------------------------- convert_lstm
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.rnn = nn.LSTM(4, 6, batch_first=True)
+        self.stack = nn.Sequential(nn.LSTM(6, 3, num_layers=2, bidirectional=True))
+
+    def forward(self, idx):
+        out, _ = self.rnn(self.emb(idx))
+        out, _ = self.stack[0](out)
+        return out
+
+
+def test_convert_lstm_in_place_keeps_weights_mode_dtype():
+    model = Tagger().double().eval()
+    idx = torch.randint(0, 10, (2, 5))
+    before = model(idx)
+    params_before = list(model.parameters())
+    out = charlstm.convert_lstm(model, backend="reference")
+    assert out is model
+    assert type(model.rnn) is charlstm.LSTM and type(model.stack[0]) is charlstm.LSTM
+    assert model.rnn.backend == "reference" and not model.rnn.training
+    assert all(a is b for a, b in zip(params_before, model.parameters()))
+    assert model.rnn.weight_ih_l0.dtype == torch.float64
+    torch.testing.assert_close(model(idx), before, atol=1e-12, rtol=0)
+
+
+def test_convert_lstm_on_a_bare_lstm_returns_replacement():
+    lstm = nn.LSTM(3, 4)
+    new = charlstm.convert_lstm(lstm)
+    assert isinstance(new, charlstm.LSTM) and new.weight_hh_l0 is lstm.weight_hh_l0
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.fixture
+def lstm():
+    return charlstm.LSTM(4, 6, num_layers=2, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_wrong_feature_size(backend):
+    m = charlstm.LSTM(4, 6, backend=backend)
+    with pytest.raises(ValueError, match=r"input_size=4, got 5"):
+        m(torch.randn(3, 2, 5))
+
+
+def test_wrong_rank(lstm):
+    with pytest.raises(ValueError, match=r"rank 3 .* got rank 4"):
+        lstm(torch.randn(3, 2, 1, 4))
+    with pytest.raises(ValueError, match=r"got rank 1"):
+        lstm(torch.randn(4))
+
+
+@pytest.mark.parametrize("which,shape,needle", [
+    ("h", (3, 2, 6), r"h_0 must have shape .*\(2, 2, 6\), got \(3, 2, 6\)"),   # layers
+    ("h", (2, 5, 6), r"h_0 must have shape .*\(2, 2, 6\), got \(2, 5, 6\)"),   # batch
+    ("c", (2, 2, 7), r"c_0 must have shape .*\(2, 2, 6\), got \(2, 2, 7\)"),   # hidden
+])
+def test_wrong_hx_shape(lstm, which, shape, needle):
+    h, c = torch.zeros(2, 2, 6), torch.zeros(2, 2, 6)
+    if which == "h":
+        h = torch.zeros(shape)
+    else:
+        c = torch.zeros(shape)
+    with pytest.raises(ValueError, match=needle):
+        lstm(torch.randn(3, 2, 4), (h, c))
+
+
+def test_hx_must_be_a_pair(lstm):
+    with pytest.raises(TypeError, match="tuple"):
+        lstm(torch.randn(3, 2, 4), torch.zeros(2, 2, 6))
+
+
+def test_unbatched_hx_must_be_2d(lstm):
+    with pytest.raises(ValueError, match=r"\(2, 6\), got \(2, 1, 6\)"):
+        lstm(torch.randn(3, 4), (torch.zeros(2, 1, 6), torch.zeros(2, 1, 6)))
+
+
+def test_dtype_mismatches(lstm):
+    with pytest.raises(RuntimeError, match=r"input dtype torch.float64 does not match the weights' dtype torch.float32"):
+        lstm(torch.randn(3, 2, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"h_0 dtype torch.float64 does not match input dtype torch.float32"):
+        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64), torch.zeros(2, 2, 6)))
+    with pytest.raises(TypeError, match="floating-point"):
+        lstm(torch.ones(3, 2, 4, dtype=torch.long))
+
+
+def test_device_mismatch(lstm):
+    with pytest.raises(RuntimeError, match=r"input is on meta but the weights are on cpu"):
+        lstm(torch.randn(3, 2, 4, device="meta"))
+    with pytest.raises(RuntimeError, match=r"c_0 is on meta but input is on cpu"):
+        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6), torch.zeros(2, 2, 6, device="meta")))
+
+
+# ----------------------------------------------------------------- independence from native LSTM
+NATIVE = [("_VF", "lstm"), ("_VF", "lstm_cell"), ("torch", "lstm"), ("torch", "lstm_cell")]
+
+
+@pytest.fixture
+def no_native_lstm(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("torch's native LSTM was called")
+    for owner, name in NATIVE:
+        monkeypatch.setattr(torch._VF if owner == "_VF" else torch, name, boom)
+    yield
+
+
+def test_native_lstm_patch_is_effective(no_native_lstm):
+    """Control: with the patch in place torch's own nn.LSTM must fail, else the test below proves nothing."""
+    with pytest.raises(AssertionError, match="native LSTM"):
+        nn.LSTM(4, 6)(torch.randn(3, 2, 4))
+
+
+def test_reference_never_calls_native_lstm(no_native_lstm):
+    m = charlstm.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3, backend="reference")
+    out, (h, c) = m(torch.randn(3, 2, 4, requires_grad=True))
+    (out.sum() + h.sum() + c.sum()).backward()
+
+
+# ----------------------------------------------------------------- the reference's own backward
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_reference_core(packed):
+    T, B, H = 4, 3, 5
+    g = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    xproj, w, h0, c0 = mk(T, B, 4 * H), mk(4 * H, H) * 0.5, mk(B, H), mk(B, H)
+    w = w.detach().requires_grad_(True)
+    lengths = torch.tensor([4, 2, 1], dtype=torch.int32) if packed else None
+    f = lambda *a: reference.core(*a, lengths)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (xproj, w, h0, c0))
+
+
+def test_gradcheck_through_layer_bidirectional_proj():
+    m = charlstm.LSTM(3, 4, bidirectional=True, proj_size=2, backend="reference").double()
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h0, c0):
+        out, (h, c) = m(x, (h0, c0))
+        return out, h, c
+    assert torch.autograd.gradcheck(f, (x, h0, c0))
+
+
+def test_opcheck_reference_ops():
+    T, B, H = 3, 2, 4
+    xproj, w = torch.randn(T, B, 4 * H), torch.randn(4 * H, H)
+    h0, c0 = torch.randn(B, H), torch.randn(B, H)
+    lengths = torch.tensor([3, 1], dtype=torch.int32)
+    for ln in (None, lengths):
+        args = (xproj.requires_grad_(), w.requires_grad_(), h0.requires_grad_(), c0.requires_grad_(), ln)
+        torch.library.opcheck(reference.core.fwd_op, args)
+
+
+def test_torch_compile_fullgraph_reference():
+    m = charlstm.LSTM(4, 6, backend="reference")
+    x = torch.randn(3, 2, 4)
+    f = torch.compile(lambda x: m(x)[0], fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(x), m(x)[0])
+
+
+# ----------------------------------------------------------------- backend choice
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*reference, torch, triton, cuda, auto"):
+        charlstm.LSTM(3, 4, backend="cudnn")
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, *a, **k: "no such kernel here")
+    m = charlstm.LSTM(3, 4, backend="cuda")
+    with pytest.raises(charlstm.BackendUnavailable, match=r"'cuda' is unavailable: no such kernel here"):
+        m(torch.randn(2, 1, 3))
+
+
+class _Spy:
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = backends.core_for
+
+        def spy(name):
+            self.calls.append(name)
+            return real(name)
+        monkeypatch.setattr(backends, "core_for", spy)
+
+
+def test_auto_picks_torch_on_cpu(monkeypatch):
+    spy = _Spy(monkeypatch)
+    charlstm.LSTM(3, 4)(torch.randn(2, 1, 3))
+    assert spy.calls == []        # the whole-layer torch backend has no core
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "torch"
+
+
+def test_env_var_and_context_manager_override(monkeypatch):
+    spy = _Spy(monkeypatch)
+    m = charlstm.LSTM(3, 4, backend="torch")
+    x = torch.randn(2, 1, 3)
+    monkeypatch.setenv("CHARLSTM_BACKEND", "reference")
+    m(x)
+    assert spy.calls == ["reference"]
+    with charlstm.use_backend("torch"):          # the context beats the environment
+        m(x)
+    assert spy.calls == ["reference"]
+    monkeypatch.setenv("CHARLSTM_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="CHARLSTM_BACKEND='bogus'"):
+        m(x)
+
+
+# ----------------------------------------------------------------- info
+def test_info_lists_every_backend(capsys):
+    from charlstm import info
+    assert info.main([]) == 0
+    out = capsys.readouterr().out
+    for name in backends.BACKENDS:
+        assert f"  {name} " in out
+    assert "torch " in out and torch.__version__ in out
+
+
+def test_python_m_charlstm_info_runs():
+    r = subprocess.run([sys.executable, "-m", "charlstm", "info", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '"backends"' in r.stdout

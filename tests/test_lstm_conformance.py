@@ -1,0 +1,89 @@
+"""charlstm.LSTM against torch.nn.LSTM: outputs, final states and every gradient.
+
+The full grid runs on the ``reference`` backend (float64 tight, float32); every other kernel
+backend that is available here runs a representative subset through the same helper.
+"""
+import itertools
+
+import pytest
+import torch
+
+from charlstm import backends
+from lstm_cases import (TOLERANCES, Case, assert_close_all, build, cast_data, make_data,
+                        rel_errors, run_one, run_pair)
+
+GRID = [Case(num_layers=L, bias=b, batch_first=bf, bidirectional=bd)
+        for L, b, bf, bd in itertools.product((1, 2), (True, False), (False, True), (False, True))]
+FEATURES = [
+    Case(proj_size=3),
+    Case(proj_size=4, num_layers=2, bidirectional=True, batch_first=True),
+    Case(kind="unbatched"),
+    Case(kind="unbatched", num_layers=2, bidirectional=True, with_hx=False),
+    Case(kind="packed", B=4, T=7),
+    Case(kind="packed_unsorted", B=4, T=7, num_layers=2, bidirectional=True),
+    Case(kind="packed_unsorted", B=5, T=6, proj_size=3, bidirectional=True, with_hx=False),
+    Case(T=1),
+    Case(T=1, B=1, num_layers=2, bidirectional=True),
+    Case(B=1, T=200, hidden_size=9),
+    Case(with_hx=False, num_layers=2),
+    Case(hidden_size=20, input_size=3, B=2, T=5),
+]
+ALL = GRID + FEATURES
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id() for c in ALL])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_reference_matches_nn_lstm(case, dtype):
+    ref, got = run_pair(case, "reference", dtype)
+    assert_close_all(ref, got, *TOLERANCES[dtype], label=case.id())
+
+
+# A representative subset for the kernel backends (the Triton interpreter is slow on CPU).
+KERNEL_SUBSET = [Case(), Case(num_layers=2, bidirectional=True, batch_first=True),
+                 Case(kind="packed_unsorted", B=4, T=5, bidirectional=True),
+                 Case(proj_size=3, with_hx=False), Case(kind="unbatched", T=3)]
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
+def test_kernel_backend_matches_nn_lstm_cpu(backend, case):
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(f"{backend}: {why}")
+    ref, got = run_pair(case, backend, torch.float32)
+    assert_close_all(ref, got, *TOLERANCES[torch.float32], label=f"{backend} {case.id()}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
+def test_backend_matches_cudnn_float32(backend, case):
+    """float32 on the GPU: every backend against cuDNN (TF32 off for the comparison)."""
+    dev = torch.device("cuda")
+    why = backends.unavailable_reason(backend, dev, torch.float32)
+    if why:
+        pytest.skip(f"{backend}: {why}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ref, got = run_pair(case, backend, torch.float32, device="cuda")
+    assert_close_all(ref, got, 1e-4, 1e-3, label=f"{backend} {case.id()}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
+def test_backend_low_precision_vs_cudnn(backend, dtype, case):
+    """Half precision on the GPU: a backend's error against a float64 reference of the same
+    (rounded) inputs must be at most 2x cuDNN's own error, plus a floor of a few ulps."""
+    dev = torch.device("cuda")
+    why = backends.unavailable_reason(backend, dev, dtype)
+    if why:
+        pytest.skip(f"{backend}: {why}")
+    data = make_data(case, dtype, dev)
+    exact = run_one(build(case, None, torch.float64, "cpu"), case, cast_data(data, torch.float64, "cpu"))
+    cudnn = rel_errors(run_one(build(case, None, dtype, dev), case, data), exact)
+    mine = rel_errors(run_one(build(case, backend, dtype, dev), case, data), exact)
+    eps = torch.finfo(dtype).eps
+    for k in exact:
+        assert mine[k] <= 2 * cudnn[k] + 4 * eps, (k, mine[k], cudnn[k])
