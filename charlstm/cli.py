@@ -1,0 +1,141 @@
+"""``charlstm`` command line: ``train``, ``sample``, ``eval``, ``info``.
+
+This module only parses arguments and calls :func:`charlstm.charrnn.train`,
+:func:`~charlstm.charrnn.sample`, :func:`~charlstm.charrnn.evaluate` and ``charlstm.info.main``.
+Exit status: 0 on success, 1 when training diverged, 2 on a usage/data/checkpoint error,
+130 on Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+BACKENDS = ("auto", "torch", "reference", "triton", "cuda")
+
+
+def _add_train(sub) -> None:
+    from .charrnn.data import DEFAULT_STDLIB_CAP
+    p = sub.add_parser("train", help="train a char-rnn model on a text",
+                       description="Train a character-level LSTM language model (char-rnn). "
+                                   "Defaults follow Karpathy's char-rnn.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="UTF-8 text file or directory of files (default: the bundled corpus, "
+                        "this Python's standard-library sources)")
+    g.add_argument("--stdlib-cap", type=int, default=DEFAULT_STDLIB_CAP,
+                   help="size cap in bytes of the bundled corpus")
+    g.add_argument("--train-frac", type=float, default=0.95)
+    g.add_argument("--val-frac", type=float, default=0.05, help="test gets the rest")
+    g = p.add_argument_group("model")
+    g.add_argument("--rnn-size", type=int, default=128)
+    g.add_argument("--num-layers", type=int, default=2)
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="charlstm.LSTM backend")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--seq-length", type=int, default=50)
+    g.add_argument("--batch-size", type=int, default=50,
+                   help="global batch (streams); split across processes under torchrun")
+    g.add_argument("--learning-rate", type=float, default=2e-3)
+    g.add_argument("--lr-decay", type=float, default=0.97, help="factor per epoch")
+    g.add_argument("--lr-decay-after", type=int, default=10, help="first epoch to decay after")
+    g.add_argument("--grad-clip", type=float, default=5.0, help="elementwise gradient clamp")
+    g.add_argument("--optimizer", default="rmsprop", choices=("rmsprop", "adamw"))
+    g.add_argument("--max-epochs", type=float, default=50)
+    g.add_argument("--max-iters", type=int, default=None, help="total iterations of the run")
+    g.add_argument("--seed", type=int, default=123)
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--eval-val-every", type=int, default=1000,
+                   help="iterations between validation + checkpoint")
+    g.add_argument("--checkpoint-dir", default="checkpoints")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a new run from a checkpoint's weights and vocabulary")
+    g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue a run exactly (default: --checkpoint-dir's latest)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="plain log lines instead of a progress bar")
+    g.add_argument("--print-every", type=int, default=100,
+                   help="iterations between log lines with --no-progress")
+    g.add_argument("--no-plot", dest="plot", action="store_false", help="no loss_curve.png")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"),
+                   help="autocast precision")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
+    p.add_argument("--length", type=int, default=2000, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--argmax", action="store_true", help="always take the likeliest character")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (a batch)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="override the checkpoint's backend")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="cross-entropy of a checkpoint on a text",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
+    p.add_argument("--data", default=None, help="text file or directory (default: the bundled "
+                                                 "corpus)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--seq-length", type=int, default=None,
+                   help="chunk length (default: the checkpoint's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"))
+    p.add_argument("--backend", default=None, choices=BACKENDS)
+    p.add_argument("--json", dest="json_output", action="store_true",
+                   help="print one JSON object instead of the text report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="charlstm",
+                                     description="charlstm: fused LSTM kernels and a char-rnn "
+                                                 "trainer/sampler")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,info}")
+    sub.required = True
+    _add_train(sub)
+    _add_sample(sub)
+    _add_eval(sub)
+    sub.add_parser("info", help="versions and backend availability", add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "info":
+        from . import info  # owned elsewhere; imported only when asked for
+        return info.main(argv[1:])
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    from .backends import BackendUnavailable
+    from .charrnn import CheckpointError, TrainingDiverged, evaluate, sample, train
+    try:
+        if command == "train":
+            train(args.pop("data"), **args)
+        elif command == "sample":
+            sample(args.pop("checkpoint"), stream=sys.stdout, **args)
+        elif command == "eval":
+            evaluate(args.pop("checkpoint"), args.pop("data"), **args)
+    except TrainingDiverged as e:
+        print(f"charlstm {command}: {e}", file=sys.stderr)
+        return 1
+    except (CheckpointError, BackendUnavailable, ValueError, FileNotFoundError) as e:
+        print(f"charlstm {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"charlstm {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
