@@ -1,0 +1,346 @@
+"""Shared helpers for the benchmark scripts: timing, environment metadata, result files.
+
+Nothing here knows about a particular benchmark.  The scripts (``bench_lstm``, ``bench_train``,
+``bench_sample``) and ``tests/cudnn_fixtures/generate.py`` import it so that timing, the
+environment record and the output format are written once.
+
+Timing rules
+------------
+* CUDA: ``warmup`` untimed calls, then ``reps`` calls each bracketed by CUDA events; the result is
+  the median (and min / max) in milliseconds.  Peak memory is ``torch.cuda.max_memory_allocated``
+  over one extra call after a reset of the peak counter, minus what was allocated before it.
+* CPU: the same with ``time.perf_counter``; peak memory is reported as ``None`` ("n/a").
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def ensure_importable() -> None:
+    """Make ``import charlstm`` work when a script is run from a checkout without installing it."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def set_interpreter_if_no_gpu() -> None:
+    """Switch on the Triton interpreter when there is no CUDA GPU, before charlstm is imported.
+
+    ``TRITON_INTERPRET`` must be set before ``triton.jit`` decorates the kernels; an existing value
+    in the environment is kept.
+    """
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# ----------------------------------------------------------------------------- dtypes, devices
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64"}
+
+
+def parse_dtype(name: str):
+    """``"bf16"``/``"bfloat16"``/... -> ``torch.bfloat16``; a clear error for anything else."""
+    import torch
+    key = DTYPES.get(str(name).lower())
+    if key is None:
+        raise ValueError(f"unknown dtype {name!r}: expected one of {', '.join(sorted(set(DTYPES.values())))}")
+    return getattr(torch, key)
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def pick_device(name: str = "auto"):
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU")
+    return dev
+
+
+def device_name(device) -> str:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpu_model() or platform.processor() or "cpu"
+
+
+def device_kind(device) -> str:
+    """A short, file-name-safe label of the machine kind, e.g. ``nvidia-h100-80gb-hbm3`` or ``cpu``.
+
+    Used to name result files and pytest-benchmark baselines: timings are only comparable
+    between runs with the same kind.
+    """
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _run(cmd: Sequence[str], timeout: float = 10.0) -> Optional[str]:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> Optional[str]:
+    """``<sha>`` of HEAD, with ``+dirty`` when tracked files under charlstm/ or csrc/ differ."""
+    sha = _run(["git", "rev-parse", "HEAD"])
+    if sha is None:
+        return None
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no", "--", "charlstm", "csrc"])
+    return sha + ("+dirty" if dirty else "")
+
+
+def environment(device) -> dict:
+    """Everything needed to interpret a number later: device, driver, library versions, commit, date."""
+    import torch
+    env = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "device_kind": device_kind(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": None,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+        "driver": None,
+        "charlstm": None,
+    }
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001  (triton missing or broken: recorded as None)
+        pass
+    try:
+        import charlstm
+        env["charlstm"] = charlstm.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        env["capability"] = f"{props.major}.{props.minor}"
+        env["sm_count"] = props.multi_processor_count
+        env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader",
+                              f"--id={idx}"])
+        env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return env
+
+
+# ----------------------------------------------------------------------------- timing
+def synchronize(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, reps: int = 10,
+            measure_memory: bool = True) -> dict:
+    """Median time of ``fn()`` after ``warmup`` calls; CUDA events on GPU, perf_counter on CPU.
+
+    Returns ``{"median_ms", "min_ms", "max_ms", "reps", "timer", "peak_mem_mib"}``;
+    ``peak_mem_mib`` is None on CPU (not measured) and the extra memory one call needs on CUDA.
+    """
+    import torch
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        timer = "cuda-events"
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        timer = "perf_counter"
+    peak = None
+    if measure_memory and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "reps": reps, "timer": timer, "peak_mem_mib": peak}
+
+
+def lstm_flops(seq: int, batch: int, input_size: int, hidden: int, layers: int = 1,
+               directions: int = 1, backward: bool = False) -> float:
+    """FLOPs of an LSTM: ``2*T*B*4H*(I+H)`` per layer and direction forward; backward ~ 2x forward.
+
+    Layers above the first see ``directions * H`` inputs.  ``backward=True`` returns forward +
+    backward (3x forward).
+    """
+    total = 0.0
+    for layer in range(layers):
+        i = input_size if layer == 0 else directions * hidden
+        total += directions * 2.0 * seq * batch * 4 * hidden * (i + hidden)
+    return total * (3.0 if backward else 1.0)
+
+
+# ----------------------------------------------------------------------------- backends
+def select_backends(requested: Optional[Iterable[str]], device, dtype) -> tuple[list, dict]:
+    """Which backends to run: ``(names, skipped)`` where ``skipped`` maps name -> reason.
+
+    Default (``requested`` None): every registered backend that can run here, except ``triton`` on
+    a CPU (the interpreter is a correctness tool, not a performance target; ask for it by name).
+    ``torch`` always comes first because every ratio is taken against it.
+    """
+    from charlstm import backends as B
+    explicit = requested is not None
+    names = list(requested) if explicit else list(B.BACKENDS)
+    for n in names:
+        B.validate_name(n)
+    if "torch" in names:
+        names.remove("torch")
+    names.insert(0, "torch")
+    run, skipped = [], {}
+    for n in names:
+        if n == "triton" and device.type == "cpu" and not explicit:
+            skipped[n] = "Triton interpreter on CPU (slow); pass --backends ...,triton to include it"
+            continue
+        why = B.unavailable_reason(n, device, dtype)
+        if why:
+            skipped[n] = why
+        else:
+            run.append(n)
+    return run, skipped
+
+
+# ----------------------------------------------------------------------------- results
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.{digits}g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A GitHub Markdown table; ``columns`` is ``[(key, header), ...]``; missing values are n/a."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def environment_markdown(env: dict) -> str:
+    keys = ["date_utc", "device_name", "device_kind", "driver", "torch", "cuda", "cudnn", "triton",
+            "triton_interpret", "git_commit", "python", "cpu_count"]
+    return "\n".join(f"- {k}: {fmt(env.get(k))}" for k in keys)
+
+
+def write_results(out_dir, name: str, env: dict, config: dict, rows: Sequence[dict],
+                  columns: Sequence[tuple[str, str]], title: str,
+                  notes: Sequence[str] = ()) -> dict:
+    """Write ``<name>.json`` (environment, config, rows) and ``<name>.md`` (a table) into ``out_dir``.
+
+    Returns ``{"json": path, "md": path}``.  A CPU run is labelled as such in the title and
+    the file name is expected to carry the device kind.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "environment": env, "config": config, "rows": list(rows),
+               "notes": list(notes)}
+    jpath = out / f"{name}.json"
+    jpath.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    label = "CPU run: not GPU numbers" if env.get("device", "").startswith("cpu") else env.get("device_name")
+    md = [f"# {title} ({label})", "", environment_markdown(env), ""]
+    md += [f"> {n}" for n in notes]
+    if notes:
+        md.append("")
+    md += [markdown_table(rows, columns), ""]
+    mpath = out / f"{name}.md"
+    mpath.write_text("\n".join(md))
+    return {"json": str(jpath), "md": str(mpath)}
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> None:
+    print(markdown_table(rows, columns), flush=True)
+
+
+# ----------------------------------------------------------------------------- corpus
+CORPORA = [ROOT.parent / "shared" / "corpora", Path("/work/shared/corpora")]
+
+
+def find_corpus(name: str = "tinyshakespeare.txt") -> Optional[Path]:
+    """The shared corpus file if present (``../shared/corpora/`` from the repo root), else None."""
+    for d in CORPORA:
+        p = d / name
+        if p.is_file():
+            return p
+    return None
+
+
+def corpus_tokens(max_chars: int = 1_000_000, seed: int = 0, vocab_if_synthetic: int = 65):
+    """``(tokens LongTensor, vocab_size, source)`` from the shared corpus, or synthetic text.
+
+    Synthetic text (uniform random tokens) is only for timing; the source string says which.
+    """
+    import torch
+    path = find_corpus()
+    if path is not None:
+        text = path.read_text(encoding="utf-8", errors="replace")[:max_chars]
+        chars = sorted(set(text))
+        index = {c: i for i, c in enumerate(chars)}
+        toks = torch.tensor([index[c] for c in text], dtype=torch.long)
+        return toks, len(chars), str(path)
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(0, vocab_if_synthetic, (max_chars,), generator=g)
+    return toks, vocab_if_synthetic, "synthetic (no corpus found)"
+
+
+def default_out_dir(arg: Optional[str]) -> Path:
+    return Path(arg) if arg else RESULTS_DIR

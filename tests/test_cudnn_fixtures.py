@@ -1,0 +1,207 @@
+"""Check charlstm's backends against stored cuDNN outputs (``tests/cudnn_fixtures/``).
+
+The fixtures hold, per case and dtype, the inputs, weights, initial states and upstream
+gradients, and ``torch.nn.LSTM``'s outputs, final states and every gradient (see
+``tests/cudnn_fixtures/generate.py``).  Their ``metadata["source"]`` says whether they are cuDNN's
+or the CPU stand-in (torch's native CPU LSTM); every test id ends in that source, and each test
+records it with ``record_property("fixture_source", ...)``.
+
+Two checks, against one float64 answer: ``charlstm.LSTM(backend="reference").double()`` run on
+the stored inputs upcast to float64.
+
+1. ``test_fixture_matches_float64_reference``: the stored (cuDNN) tensors agree with the float64
+   reference to within ``C * eps(dtype) * scale`` (``scale = max(1, max|ref|)`` per tensor).  This
+   proves that the reference computes the same function as cuDNN (gate order, packing, reversed
+   direction, ``proj_size``, initial states) and gives each dtype's cuDNN error.
+2. ``test_backend_within_2x_of_fixture_error``: a backend run in the fixture's dtype must be, per
+   tensor, at most ``2 * err_fixture + floor`` away from the float64 reference, where
+   ``err_fixture = max|fixture - ref64|`` is cuDNN's own error.  ``floor`` keeps an error of exactly
+   zero from making the bound impossible: ``8 * eps(float32) * scale`` in float32 (about 1e-6) and
+   ``eps(dtype) * scale`` in float16/bfloat16.  The backends: ``reference`` (its dtype path),
+   ``triton`` (the interpreter on a CPU, the GPU when there is one) and ``cuda``; a backend that
+   cannot run here is skipped with ``charlstm.backends.unavailable_reason``'s sentence.
+
+``CHARLSTM_CUDNN_FIXTURES=DIR`` points the tests at other fixture files (``scripts/gpu_check.sh``
+uses it to test freshly generated cuDNN fixtures before they are committed).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import charlstm
+from charlstm import backends
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("cudnn_fixtures_generate",
+                                               HERE / "cudnn_fixtures" / "generate.py")
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+
+FIXTURE_DIR = Path(os.environ.get("CHARLSTM_CUDNN_FIXTURES", HERE / "cudnn_fixtures"))
+KERNEL_BACKENDS = ("reference", "triton", "cuda")
+#: check 1: how far cuDNN may be from the float64 reference, in eps(dtype) * scale.  The CPU
+#: stand-in measured at most ~6 (long_seq); 32 leaves room for cuDNN's different summation order
+#: while a wrong gate order or a dropped initial state is off by orders of magnitude in float32.
+FIXTURE_TOL_EPS = 32
+FLOOR_EPS = {torch.float32: 8.0, torch.float16: 1.0, torch.bfloat16: 1.0}
+CPU = torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def load(dtype_name: str) -> dict:
+    path = FIXTURE_DIR / f"lstm_{dtype_name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"fixture file {path} is missing: run "
+                                f"python tests/cudnn_fixtures/generate.py [--device cpu]")
+    return torch.load(path, weights_only=True)
+
+
+def _source_label() -> str:
+    """``cudnn`` or ``cpu-standin``, for test ids (read from metadata.json, cheap at collection)."""
+    try:
+        meta = json.loads((FIXTURE_DIR / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return "missing"
+    return "cudnn" if meta.get("source") == gen.SOURCE_CUDNN else "cpu-standin"
+
+
+SOURCE = _source_label()
+PARAMS = [pytest.param(d, c["name"], id=f"{d}-{c['name']}-{SOURCE}")
+          for d in gen.DTYPES for c in gen.CASES]
+
+
+def flatten(outputs: dict, grads: dict) -> dict:
+    """One dict of every compared tensor: y, h_n, c_n, dx, dh0, dc0, d<param> for each parameter."""
+    flat = dict(outputs)
+    flat.update({"d" + k: v for k, v in grads.items() if k != "params" and v is not None})
+    flat.update({"d" + k: v for k, v in grads["params"].items()})
+    return flat
+
+
+@functools.lru_cache(maxsize=None)
+def reference64(dtype_name: str, case: str) -> dict:
+    """The float64 answer: the reference backend on the stored inputs upcast to float64."""
+    c = load(dtype_name)["cases"][case]
+    module = gen.build_lstm(c["config"], charlstm.LSTM, backend="reference").double()
+    return flatten(*gen.run_case(module, c["config"], c["inputs"], CPU, torch.float64))
+
+
+def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    if a.shape != ref.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} differs from the reference's {tuple(ref.shape)}")
+    return (a.double() - ref).abs().max().item() if ref.numel() else 0.0
+
+
+def scale(ref: torch.Tensor) -> float:
+    return max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+
+
+def fixture_errors(dtype_name: str, case: str) -> dict:
+    c = load(dtype_name)["cases"][case]
+    fix = flatten(c["outputs"], c["grads"])
+    ref = reference64(dtype_name, case)
+    if set(fix) != set(ref):
+        raise AssertionError(f"fixture tensors {sorted(fix)} differ from the reference's {sorted(ref)}")
+    return {k: max_err(fix[k], ref[k]) for k in ref}
+
+
+def _record(record_property, dtype_name):
+    meta = load(dtype_name)["metadata"]
+    record_property("fixture_source", f"{meta['source']} on {meta['device_name']} ({meta['date_utc']})")
+
+
+def test_fixture_files_are_consistent():
+    """Every dtype file exists, has the expected format and cases, fits the 5 MB budget, carries a
+    source label, and its stored inputs are exactly the seeded inputs of generate.py."""
+    total = 0
+    for d in gen.DTYPES:
+        path = FIXTURE_DIR / f"lstm_{d}.pt"
+        total += path.stat().st_size
+        data = load(d)
+        assert data["format"] == gen.FORMAT and data["dtype"] == d
+        meta = data["metadata"]
+        assert meta["source"] in (gen.SOURCE_CUDNN, gen.SOURCE_CPU), meta["source"]
+        assert (meta["source"] == gen.SOURCE_CUDNN) == (meta["device"].startswith("cuda"))
+        assert list(data["cases"]) == [c["name"] for c in gen.CASES]
+        for case in gen.CASES:
+            stored = data["cases"][case["name"]]
+            fresh = gen.make_inputs(gen.case_config(case), stored["seed"], getattr(torch, d))
+            for k in ("x", "h0", "c0", "dy", "dh_n", "dc_n"):
+                a, b = stored["inputs"][k], fresh[k]
+                assert (a is None) == (b is None), (case["name"], k)
+                if a is not None:
+                    assert a.dtype == getattr(torch, d) and torch.equal(a, b), (case["name"], k)
+            for k, v in fresh["params"].items():
+                assert torch.equal(stored["inputs"]["params"][k], v), (case["name"], k)
+    assert total <= 5e6, f"fixtures are {total / 1e6:.2f} MB, over the 5 MB budget"
+
+
+@pytest.mark.parametrize("dtype_name,case", PARAMS)
+def test_fixture_matches_float64_reference(dtype_name, case, record_property):
+    """cuDNN (or its CPU stand-in) agrees with the float64 reference to a few eps of its dtype."""
+    _record(record_property, dtype_name)
+    eps = torch.finfo(getattr(torch, dtype_name)).eps
+    ref = reference64(dtype_name, case)
+    errs = fixture_errors(dtype_name, case)
+    bad = {k: f"err {e:.3g} > {FIXTURE_TOL_EPS * eps * scale(ref[k]):.3g}"
+           for k, e in errs.items() if e > FIXTURE_TOL_EPS * eps * scale(ref[k])}
+    assert not bad, f"{SOURCE} fixture vs float64 reference ({dtype_name}, {case}): {bad}"
+
+
+def _kernel_device(backend: str) -> torch.device:
+    if backend == "reference":
+        return CPU
+    return torch.device("cuda") if torch.cuda.is_available() else CPU
+
+
+def check_within_2x(got: dict, ref: dict, fix_err: dict, dtype: torch.dtype) -> dict:
+    """Tensors whose error against ``ref`` exceeds ``2 * fix_err + floor``: name -> message."""
+    eps = torch.finfo(dtype).eps
+    bad = {}
+    for k, r in ref.items():
+        bound = 2 * fix_err[k] + FLOOR_EPS[dtype] * eps * scale(r)
+        e = max_err(got[k], r)
+        if not e <= bound:
+            bad[k] = f"err {e:.3g} > bound {bound:.3g} (fixture err {fix_err[k]:.3g})"
+    return bad
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype_name,case", PARAMS)
+def test_backend_within_2x_of_fixture_error(backend, dtype_name, case, record_property):
+    """A backend in the fixture's dtype is at most 2x as far from float64 as cuDNN is (+ floor)."""
+    _record(record_property, dtype_name)
+    dtype = getattr(torch, dtype_name)
+    device = _kernel_device(backend)
+    why = backends.unavailable_reason(backend, device, dtype)
+    if why:
+        pytest.skip(f"{backend} unavailable on {device} for {dtype_name}: {why}")
+    c = load(dtype_name)["cases"][case]
+    module = gen.build_lstm(c["config"], charlstm.LSTM, backend=backend).to(device=device, dtype=dtype)
+    got = flatten(*gen.run_case(module, c["config"], c["inputs"], device, dtype))
+    bad = check_within_2x(got, reference64(dtype_name, case), fixture_errors(dtype_name, case), dtype)
+    assert not bad, f"{backend} vs float64 reference, bound from the {SOURCE} fixture: {bad}"
+
+
+def test_checks_catch_a_wrong_gate_order():
+    """Negative control: a model with the g and o gates swapped must fail both checks in float32."""
+    dtype_name, case = "float32", "odd_hidden"
+    c = load(dtype_name)["cases"][case]
+    H = c["config"]["hidden"]
+    swapped = dict(c["inputs"])
+    perm = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+    swapped["params"] = {k: v[perm] for k, v in c["inputs"]["params"].items()}
+    module = gen.build_lstm(c["config"], charlstm.LSTM, backend="reference")
+    got = flatten(*gen.run_case(module, c["config"], swapped, CPU, torch.float32))
+    ref = reference64(dtype_name, case)
+    bad = check_within_2x(got, ref, fixture_errors(dtype_name, case), torch.float32)
+    assert "y" in bad and "h_n" in bad, f"the 2x check missed a gate-order bug: {bad}"
+    eps = torch.finfo(torch.float32).eps
+    assert max_err(got["y"], ref["y"]) > FIXTURE_TOL_EPS * eps * scale(ref["y"])
