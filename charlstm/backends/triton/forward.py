@@ -1,0 +1,184 @@
+"""Fused forward kernel of the LSTM recurrent core (contract: :mod:`charlstm.backends.contract`).
+
+Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
+
+One kernel, :func:`lstm_fwd_kernel`, serves both schedules of :mod:`.common`:
+
+* ``"sequence"`` (grid ``(ceil(B/BLOCK_B), 1)``, one launch): program ``p`` owns batch rows
+  ``[p*BLOCK_B, (p+1)*BLOCK_B)`` and *all* hidden units, and runs every time step itself, so
+  no program ever waits for another (this is why it also runs under the interpreter, which
+  executes programs one after another).  ``tl.debug_barrier()`` ends each step: the next step
+  reads, through global memory (L1/L2), the ``h`` written by other threads of the same program.
+* ``"step"`` (grid ``(ceil(B/BLOCK_B), ceil(H/BLOCK_H))``, one launch per step): program
+  ``(p, q)`` owns batch tile ``p`` and hidden tile ``q``; the kernel boundary is the step barrier.
+
+Per step and per tile of ``BLOCK_H`` hidden units ``j`` (of the program's batch tile), in one
+pass: the four gate accumulators ``z_i, z_f, z_g, z_o`` [BLOCK_B, BLOCK_H] start from
+``xproj[t]`` and receive ``h[t-1] @ W_hh[gate*H + j, :]^T`` with ``tl.dot`` over ``BLOCK_K``
+chunks of ``h``; the activations, ``c = f*c_prev + i*g`` and ``h = o*tanh(c)`` follow on the
+accumulators in registers -- the gate pre-activations never go to global memory.
+
+What lives where: across steps nothing stays in registers or shared memory (``W_hh`` tiles are
+re-read every step, from L2 once warm); ``h`` is exchanged through a double-buffered scratch
+``hbuf [2, B, H]`` (input dtype, step parity), ``c_prev`` is read back from ``cs[t-1]``.
+Written per step: ``hs[t]`` (dtype D), ``cs[t]`` (float32), ``gates[t]`` (float32), ``hbuf``;
+``hT``/``cT`` at the last step.  Saved for backward (by the contract): ``cs`` and ``gates``, i.e.
+4 + 16 = 20 bytes per element of T x B x H (plus ``hs``, 2 or 4 bytes, which the layer keeps).
+
+Numerics: float32 accumulation, ``c`` in float32, ``h`` rounded to the input dtype every step
+and read back rounded, rows with ``t >= lengths[b]`` keep ``h``/``c`` and write ``hs = 0``.
+The kernel is idempotent (a pure function of its inputs), so the GPU autotuner may re-run it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import INTERPRET, Launch, choose_launch, dot_mode, lstm_cell, tune_configs
+
+__all__ = ["forward", "lstm_fwd_kernel"]
+
+
+@triton.jit
+def lstm_fwd_kernel(
+        xproj_ptr, w_ptr, h0_ptr, c0_ptr, len_ptr,            # inputs
+        hs_ptr, hT_ptr, cT_ptr, cs_ptr, gates_ptr, hbuf_ptr,  # outputs and scratch
+        t_first, t_count, T, B, H,
+        HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Run steps ``t_first .. t_first + t_count - 1`` of the forward recurrence.
+
+    Pointers are to contiguous tensors: ``xproj [T,B,4H]``, ``w [4H,H]``, ``h0, c0 [B,H]``
+    (dtype D), ``len [B]`` int32 (ignored unless ``HAS_LENGTHS``), ``hs [T,B,H]`` D,
+    ``hT, cT [B,H]`` D, ``cs [T,B,H]`` f32, ``gates [T,B,4H]`` f32, ``hbuf [2,B,H]`` D scratch
+    (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).
+    """
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    n_h = tl.num_programs(1)
+    OUT_T = hs_ptr.dtype.element_ty
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = rb < B
+    if HAS_LENGTHS:
+        L = tl.load(len_ptr + rb, mask=bmask, other=0)
+    else:
+        L = tl.where(bmask, T, 0)
+    BH = B * H
+    G = 4 * H
+    rj0 = tl.arange(0, BLOCK_H)
+    rk0 = tl.arange(0, BLOCK_K)
+    for s in range(0, t_count):
+        t = t_first + s
+        t64 = t.to(tl.int64)
+        cur = t % 2
+        # per-row step predicates, built from a vector (the interpreter mishandles a scalar
+        # bool broadcast into a mask)
+        tv = tl.zeros([BLOCK_B], dtype=tl.int32) + t
+        act = ((L > tv) & bmask)[:, None]
+        prev_r = (bmask & (tv > 0))[:, None]        # read h[t-1], c[t-1] from the scratch/cs
+        first_r = (bmask & (tv == 0))[:, None]      # read h0, c0
+        last_r = (bmask & (tv == T - 1))[:, None]   # write hT, cT
+        for j0 in range(pid_h * BLOCK_H, H, n_h * BLOCK_H):
+            rj = j0 + rj0
+            jmask = rj < H
+            m2 = bmask[:, None] & jmask[None, :]
+            x_t = xproj_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            z_i = tl.load(x_t, mask=m2, other=0.0).to(tl.float32)
+            z_f = tl.load(x_t + H, mask=m2, other=0.0).to(tl.float32)
+            z_g = tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
+            z_o = tl.load(x_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                rk = k0 + rk0
+                kmask = rk < H
+                hoff = rb[:, None] * H + rk[None, :]
+                # h[t-1]: from h0 at step 0, else from the scratch of this step's parity
+                h = (tl.load(hbuf_ptr + cur * BH + hoff, mask=prev_r & kmask[None, :], other=0.0)
+                     + tl.load(h0_ptr + hoff, mask=first_r & kmask[None, :], other=0.0))
+                wm = kmask[:, None] & jmask[None, :]
+                w_t = w_ptr + rj[None, :] * H + rk[:, None]        # W[gate*H + j, k] as [K, J]
+                w_i = tl.load(w_t, mask=wm, other=0.0)
+                w_f = tl.load(w_t + H * H, mask=wm, other=0.0)
+                w_g = tl.load(w_t + 2 * H * H, mask=wm, other=0.0)
+                w_o = tl.load(w_t + 3 * H * H, mask=wm, other=0.0)
+                if DOT_F32:
+                    h = h.to(tl.float32)
+                    w_i = w_i.to(tl.float32)
+                    w_f = w_f.to(tl.float32)
+                    w_g = w_g.to(tl.float32)
+                    w_o = w_o.to(tl.float32)
+                z_i = tl.dot(h, w_i, z_i, input_precision=PRECISION)
+                z_f = tl.dot(h, w_f, z_f, input_precision=PRECISION)
+                z_g = tl.dot(h, w_g, z_g, input_precision=PRECISION)
+                z_o = tl.dot(h, w_o, z_o, input_precision=PRECISION)
+            off = rb[:, None] * H + rj[None, :]
+            c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :], other=0.0)
+                      + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
+            i, f, g, o, c_new, h_new = lstm_cell(z_i, z_f, z_g, z_o, c_prev)
+            h_new = h_new.to(OUT_T)
+            g_t = gates_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            tl.store(g_t, i, mask=m2)
+            tl.store(g_t + H, f, mask=m2)
+            tl.store(g_t + 2 * H, g, mask=m2)
+            tl.store(g_t + 3 * H, o, mask=m2)
+            c_keep = tl.where(act, c_new, c_prev)
+            tl.store(cs_ptr + t64 * BH + off, c_keep, mask=m2)
+            h_old = (tl.load(hbuf_ptr + cur * BH + off, mask=prev_r & jmask[None, :], other=0.0)
+                     + tl.load(h0_ptr + off, mask=first_r & jmask[None, :], other=0.0))
+            h_keep = tl.where(act, h_new, h_old)
+            tl.store(hbuf_ptr + (1 - cur) * BH + off, h_keep, mask=m2)
+            tl.store(hs_ptr + t64 * BH + off, tl.where(act, h_new, tl.zeros_like(h_new)), mask=m2)
+            tl.store(hT_ptr + off, h_keep, mask=last_r & jmask[None, :])
+            tl.store(cT_ptr + off, c_keep.to(OUT_T), mask=last_r & jmask[None, :])
+        # the next step reads h written by other threads of this program (no-op when interpreting)
+        tl.debug_barrier()
+
+
+#: the same kernel behind Triton's autotuner (GPU only), keyed on B, H and the dtypes
+_tuned = None if INTERPRET else triton.autotune(configs=tune_configs(), key=["B", "H"])(lstm_fwd_kernel)
+
+
+def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], *,
+            launch: Optional[Launch] = None):
+    """The contract's forward for float32/float16/bfloat16 -> ``(hs, hT, cT, cs, gates)``.
+
+    ``launch`` overrides the schedule and block sizes (tests use it to exercise both schedules);
+    by default :func:`.common.choose_launch` decides.
+    """
+    T, B, G = xproj.shape
+    H = G // 4
+    dev, D = xproj.device, xproj.dtype
+    hs = torch.empty(T, B, H, device=dev, dtype=D)
+    hT = torch.empty(B, H, device=dev, dtype=D)
+    cT = torch.empty(B, H, device=dev, dtype=D)
+    cs = torch.empty(T, B, H, device=dev, dtype=torch.float32)
+    gates = torch.empty(T, B, G, device=dev, dtype=torch.float32)
+    if T == 0 or B == 0 or H == 0:
+        hT.copy_(h0)
+        cT.copy_(c0)
+        return hs, hT, cT, cs, gates
+    hbuf = torch.empty(2, B, H, device=dev, dtype=D)
+    launch = launch or choose_launch(B, H)
+    dot_f32, precision = dot_mode(D)
+    args = (xproj, w_hh, h0, c0, lengths if lengths is not None else xproj,
+            hs, hT, cT, cs, gates, hbuf)
+    flags = dict(HAS_LENGTHS=lengths is not None, DOT_F32=dot_f32, PRECISION=precision)
+    step = launch.schedule == "step"
+    if launch.fixed:
+        kernel, meta = lstm_fwd_kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
+                                             BLOCK_K=launch.block_k, num_warps=launch.num_warps)
+    else:
+        kernel, meta = _tuned, {}
+
+    def grid(m):
+        return (triton.cdiv(B, m["BLOCK_B"]), triton.cdiv(H, m["BLOCK_H"]) if step else 1)
+
+    if step:
+        for t in range(T):
+            kernel[grid](*args, t, 1, T, B, H, **flags, **meta)
+    else:
+        kernel[grid](*args, 0, T, T, B, H, **flags, **meta)
+    return hs, hT, cT, cs, gates
