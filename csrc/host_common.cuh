@@ -1,0 +1,60 @@
+// Host-side helpers shared by the forward and backward launchers: error reporting and the
+// launch plans of the two paths (persistent and stepwise).
+// Status: compiled, not yet verified on a GPU.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "launch.h"
+
+namespace charlstm {
+
+// Record a printf-style message for charlstm_last_error() on this host thread.
+void set_error(const char* fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+void clear_error();
+// Record "<what>: <CUDA error string>" and return CHARLSTM_ERR_CUDA.
+int cuda_fail(cudaError_t err, const char* what);
+
+// Persistent launch plan: `blocks` blocks of kThreads threads, one per `units` hidden units;
+// dynamic shared memory = the block's W_hh slice (`stage_offset` bytes, 16-aligned) followed by
+// `bb` staged batch rows of `rowbytes` bytes each.
+struct PersistentPlan {
+  bool ok;             // false: cannot run persistently; `why` says why
+  int units;
+  int blocks;
+  int bb;
+  unsigned stage_offset;
+  size_t smem;
+  char why[256];
+};
+
+// Fill `plan` for a persistent kernel whose W slice holds 4 * units * H elements of `elem`
+// bytes and whose staged batch row has `rowbytes` bytes, for a sequence of T steps.  Checks
+// shared memory, cooperative-launch support and co-residency (occupancy API), and sets the
+// kernel's dynamic shared memory attribute.  Returns CHARLSTM_OK or CHARLSTM_ERR_CUDA.
+int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
+                    PersistentPlan* plan);
+
+// Stepwise launch plan: grid (ceil(H/units), ceil(B/rows)); each block stages `stage_rows`
+// rows of `rowbytes` bytes in `smem` bytes of shared memory (stage_rows == 0: no staging,
+// the block reads the exchanged rows from global memory).
+struct StepPlan {
+  int units;
+  int rows;
+  int stage_rows;
+  size_t smem;
+  dim3 grid;
+};
+// Returns CHARLSTM_OK or CHARLSTM_ERR_ARGS (batch too large for the grid).
+int plan_stepwise(int B, int H, size_t rowbytes, StepPlan* plan);
+
+// Common argument validation; returns CHARLSTM_OK or CHARLSTM_ERR_ARGS (message set).
+int check_sizes(const char* who, int T, int B, int H, int dtype, int path);
+
+}  // namespace charlstm

@@ -1,0 +1,95 @@
+/* charlstm CUDA launchers: the C interface between the kernels (the csrc .cu files, CUDA toolkit
+ * only) and the pybind11 bindings (csrc/bindings.cpp, torch headers only).
+ *
+ * This header needs neither CUDA nor torch headers: streams travel as opaque pointers
+ * (a cudaStream_t is a pointer; 0 is the legacy default stream).
+ *
+ * The contract is the recurrent core of charlstm/backends/contract.py, one layer and one
+ * direction for the whole sequence.  All tensors are dense, row-major (contiguous) and on the
+ * current CUDA device; D is the dtype named by `dtype` (float32, float16 or bfloat16; float64 is
+ * not supported by this backend).  Status: compiled, not yet verified on a GPU.
+ */
+#ifndef CHARLSTM_LAUNCH_H
+#define CHARLSTM_LAUNCH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The element type D of xproj, w_hh, h0, c0, hs, hT, cT, dgates, dh0, dc0. */
+enum charlstm_dtype { CHARLSTM_FLOAT32 = 0, CHARLSTM_FLOAT16 = 1, CHARLSTM_BFLOAT16 = 2 };
+
+/* Which implementation runs the recurrence.
+ * PERSISTENT: one cooperative launch for the whole sequence, W_hh slices in shared memory,
+ *             one grid-wide flag barrier per step.
+ * STEPWISE:   one fused (matmul + cell) launch per step from a host loop; W_hh read from L2.
+ * AUTO:       PERSISTENT when its grid fits on the device at once, else STEPWISE. */
+enum charlstm_path { CHARLSTM_PATH_AUTO = 0, CHARLSTM_PATH_PERSISTENT = 1, CHARLSTM_PATH_STEPWISE = 2 };
+
+/* Return codes of the launchers; charlstm_last_error() has the sentence. */
+enum charlstm_status {
+  CHARLSTM_OK = 0,
+  CHARLSTM_ERR_ARGS = 1,             /* bad sizes or dtype */
+  CHARLSTM_ERR_PERSISTENT_UNFIT = 2, /* PERSISTENT forced but the grid cannot be co-resident */
+  CHARLSTM_ERR_CUDA = 3              /* a CUDA runtime call failed */
+};
+
+/* Forward.  Inputs: xproj [T,B,4H] D; w_hh [4H,H] D; h0, c0 [B,H] D; lengths [B] int32 or
+ * NULL (row b is active at step t iff t < lengths[b], 1 <= lengths[b] <= T).
+ * Outputs (written completely): hs [T,B,H] D (0 on inactive rows); hT, cT [B,H] D;
+ * cs [T,B,H] float32; gates [T,B,4H] float32 (activated i, f, g, o).
+ * Workspace: hbuf [2,B,H] D and counter (one unsigned int); contents on entry do not matter. */
+typedef struct charlstm_fwd_args {
+  int T, B, H;
+  int dtype; /* enum charlstm_dtype */
+  const void* xproj;
+  const void* w_hh;
+  const void* h0;
+  const void* c0;
+  const int* lengths;
+  void* hs;
+  void* hT;
+  void* cT;
+  float* cs;
+  float* gates;
+  void* hbuf;
+  unsigned int* counter;
+} charlstm_fwd_args;
+
+/* Backward.  Inputs: dhs [T,B,H] D; dhT, dcT [B,H] D; w_t = w_hh transposed, [H,4H] D;
+ * c0 [B,H] D; cs [T,B,H] float32 and gates [T,B,4H] float32 from the forward; lengths as above.
+ * Outputs: dgates [T,B,4H] D (0 on inactive rows); dh0, dc0 [B,H] D.
+ * Workspace: dzbuf [2,B,4H] float32, dcbuf [B,H] float32, counter (one unsigned int). */
+typedef struct charlstm_bwd_args {
+  int T, B, H;
+  int dtype;
+  const void* dhs;
+  const void* dhT;
+  const void* dcT;
+  const void* w_t;
+  const void* c0;
+  const float* cs;
+  const float* gates;
+  const int* lengths;
+  void* dgates;
+  void* dh0;
+  void* dc0;
+  float* dzbuf;
+  float* dcbuf;
+  unsigned int* counter;
+} charlstm_bwd_args;
+
+/* Enqueue the forward / backward on `stream`.  `path` is an enum charlstm_path; on success
+ * *path_used (if not NULL) receives the path that ran (PERSISTENT or STEPWISE).  Returns an
+ * enum charlstm_status; asynchronous kernel faults surface at the next synchronisation. */
+int charlstm_lstm_forward(const charlstm_fwd_args* args, void* stream, int path, int* path_used);
+int charlstm_lstm_backward(const charlstm_bwd_args* args, void* stream, int path, int* path_used);
+
+/* The message of the last failed launcher call on this host thread ("" if none). */
+const char* charlstm_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CHARLSTM_LAUNCH_H */

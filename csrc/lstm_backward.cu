@@ -1,0 +1,141 @@
+// Backward kernels of the charlstm recurrent core and their launcher.
+//
+// Status: compiled for sm_80/sm_90, not yet verified on a GPU.
+//
+// Column ownership: block i owns hidden units j0 .. j0+units-1 and keeps the columns
+// W_hh[:, j0:j0+units] (4H x units, stored transposed: units rows of 4H) in shared memory.
+// Iteration s = T-1 .. 0:
+//   dh_in[b, j] = (dz[s+1] @ W_hh)[b, j] for the block's j, reading all of dz[s+1] (float32,
+//   [B, 4H], written by every block at the previous iteration) from the exchange buffer
+//   dzbuf[(s+1)&1]; then the fused pointwise backward of the cell for (b, j), which needs only
+//   (b, j)-local saved values (gates[s], cs[s], cs[s-1] or c0, dhs[s], dc carried in dcbuf);
+//   it writes dgates[s] (dtype D) and dz[s] (float32) into dzbuf[s&1]; one grid barrier.
+// A final iteration s = -1 computes dh0 = dz[0] @ W_hh and dc0 = dc[0] * f[0].
+// Rows with s >= lengths[b] write dgates = 0; until a row's last active step its dh/dc are the
+// incoming dhT/dcT unchanged (exactly the reference's torch.where carry).
+// Stepwise path: the same iteration, one launch per s, W_hh^T read from global memory.
+#include "host_common.cuh"
+#include "launch.h"
+#include "lstm_device.cuh"
+
+namespace charlstm {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bwd_persistent_kernel(BwdParams<T> p, int units, int bb, unsigned stage_offset) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* wsm = reinterpret_cast<T*>(smem);
+  float* zsm = reinterpret_cast<float*>(smem + stage_offset);
+  const int H = p.H;
+  const long long G = 4LL * H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  // Rows j0 .. j0+nu-1 of W^T ([H, 4H]) are one contiguous run.
+  const long long n = (long long)nu * G;
+  for (long long e = threadIdx.x; e < n; e += blockDim.x) wsm[e] = p.wt[(long long)j0 * G + e];
+  __syncthreads();
+  for (int s = p.Tn - 1; s >= -1; --s) {
+    bwd_block_step<T, true>(p, s, wsm, j0, nu, 0, p.B, bb, zsm);
+    if (s >= 0) grid_barrier(p.counter, gridDim.x * (unsigned)(p.Tn - s));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bwd_step_kernel(BwdParams<T> p, int s, int units, int rows, int stage_rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const int b0 = blockIdx.y * rows;
+  const int b1 = min(p.B, b0 + rows);
+  float* zsm = stage_rows > 0 ? reinterpret_cast<float*>(smem) : nullptr;
+  bwd_block_step<T, false>(p, s, p.wt + (long long)j0 * 4 * H, j0, nu, b0, b1,
+                           stage_rows > 0 ? stage_rows : rows, zsm);
+}
+
+template <typename T>
+static int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int path, int* used) {
+  BwdParams<T> p;
+  p.dhs = static_cast<const T*>(a->dhs);
+  p.dhT = static_cast<const T*>(a->dhT);
+  p.dcT = static_cast<const T*>(a->dcT);
+  p.wt = static_cast<const T*>(a->w_t);
+  p.c0 = static_cast<const T*>(a->c0);
+  p.cs = a->cs;
+  p.gates = a->gates;
+  p.lengths = a->lengths;
+  p.dgates = static_cast<T*>(a->dgates);
+  p.dh0 = static_cast<T*>(a->dh0);
+  p.dc0 = static_cast<T*>(a->dc0);
+  p.dzbuf = a->dzbuf;
+  p.dcbuf = a->dcbuf;
+  p.counter = a->counter;
+  p.Tn = a->T;
+  p.B = a->B;
+  p.H = a->H;
+  const size_t rowbytes = (size_t)4 * a->H * sizeof(float);  // one staged row of dz
+
+  if (path != CHARLSTM_PATH_STEPWISE) {
+    const void* kernel = reinterpret_cast<const void*>(&bwd_persistent_kernel<T>);
+    PersistentPlan pl;
+    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, &pl);
+    if (st != CHARLSTM_OK) return st;
+    if (pl.ok) {
+      cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);
+      if (e != cudaSuccess) return cuda_fail(e, "backward: zeroing the barrier counter");
+      int units = pl.units, bb = pl.bb;
+      unsigned off = pl.stage_offset;
+      void* args[] = {&p, &units, &bb, &off};
+      e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem,
+                                      stream);
+      if (e == cudaSuccess) {
+        if (used) *used = CHARLSTM_PATH_PERSISTENT;
+        return CHARLSTM_OK;
+      }
+      if (path == CHARLSTM_PATH_PERSISTENT || e != cudaErrorCooperativeLaunchTooLarge)
+        return cuda_fail(e, "backward: persistent cooperative launch");
+      (void)cudaGetLastError();  // not sticky: fall back to the stepwise path below
+    } else if (path == CHARLSTM_PATH_PERSISTENT) {
+      set_error("backward: the persistent path cannot run this shape: %s", pl.why);
+      return CHARLSTM_ERR_PERSISTENT_UNFIT;
+    }
+  }
+
+  StepPlan sp;
+  int st = plan_stepwise(a->B, a->H, rowbytes, &sp);
+  if (st != CHARLSTM_OK) return st;
+  for (int s = a->T - 1; s >= -1; --s) {
+    bwd_step_kernel<T><<<sp.grid, kThreads, sp.smem, stream>>>(p, s, sp.units, sp.rows,
+                                                               sp.stage_rows);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(e, "backward: stepwise launch");
+  }
+  if (used) *used = CHARLSTM_PATH_STEPWISE;
+  return CHARLSTM_OK;
+}
+
+}  // namespace charlstm
+
+extern "C" int charlstm_lstm_backward(const charlstm_bwd_args* a, void* stream, int path,
+                                      int* path_used) {
+  using namespace charlstm;
+  clear_error();
+  if (a == nullptr) {
+    set_error("charlstm_lstm_backward: null arguments");
+    return CHARLSTM_ERR_ARGS;
+  }
+  int st = check_sizes("charlstm_lstm_backward", a->T, a->B, a->H, a->dtype, path);
+  if (st != CHARLSTM_OK) return st;
+  if (!a->dhs || !a->dhT || !a->dcT || !a->w_t || !a->c0 || !a->cs || !a->gates || !a->dgates ||
+      !a->dh0 || !a->dc0 || !a->dzbuf || !a->dcbuf || !a->counter) {
+    set_error("charlstm_lstm_backward: a required pointer is null");
+    return CHARLSTM_ERR_ARGS;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (a->dtype) {
+    case CHARLSTM_FLOAT32: return run_backward<float>(a, s, path, path_used);
+    case CHARLSTM_FLOAT16: return run_backward<__half>(a, s, path, path_used);
+    default: return run_backward<__nv_bfloat16>(a, s, path, path_used);
+  }
+}

@@ -1,0 +1,141 @@
+// Forward kernels of the charlstm recurrent core and their launcher.
+//
+// Status: compiled for sm_80/sm_90, not yet verified on a GPU.
+//
+// Persistent path (one cooperative launch per layer and direction):
+//   block i owns hidden units j0 = i*units .. j0+units-1, i.e. the 4*units rows of W_hh
+//   (gates i, f, g, o of those units), copied once into shared memory and kept for all steps.
+//   Step t: stage h[t-1] (all B rows, in chunks of bb rows) from the global exchange buffer
+//   hbuf[t&1] into shared memory, z = xproj[t] + h[t-1] @ W_slice^T for the block's units
+//   (float32 FMA), gates, cell update and the write of h[t] into hbuf[(t+1)&1] -- all fused --
+//   then one grid barrier (lstm_device.cuh: grid_barrier) before step t+1.  The cell state of a
+//   (row, unit) pair never leaves its owner thread's hands: c[t-1] is re-read from cs[t-1], which
+//   that same thread wrote.
+// Stepwise path (fallback): the same fused step, one launch per t from a host loop; W_hh rows are
+//   read from global memory/L2; kernel boundaries order the steps.  Capturable in a CUDA graph.
+#include "host_common.cuh"
+#include "launch.h"
+#include "lstm_device.cuh"
+
+namespace charlstm {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    fwd_persistent_kernel(FwdParams<T> p, int units, int bb, unsigned stage_offset) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* wsm = reinterpret_cast<T*>(smem);
+  T* hsm = reinterpret_cast<T*>(smem + stage_offset);
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  // W rows g*H + j0 .. g*H + j0 + nu - 1 are contiguous in W: copy them as one run per gate.
+  const long long per_gate = (long long)nu * H;
+  for (long long e = threadIdx.x; e < 4 * per_gate; e += blockDim.x) {
+    const int g = (int)(e / per_gate);
+    const long long r = e - g * per_gate;
+    wsm[(long long)g * units * H + r] = p.w[((long long)g * H + j0) * H + r];
+  }
+  __syncthreads();
+  for (int t = 0; t < p.Tn; ++t) {
+    fwd_block_step<T, true>(p, t, wsm, (long long)units * H, j0, nu, 0, p.B, bb, hsm);
+    if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    fwd_step_kernel(FwdParams<T> p, int t, int units, int rows, int stage_rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const int b0 = blockIdx.y * rows;
+  const int b1 = min(p.B, b0 + rows);
+  T* hsm = stage_rows > 0 ? reinterpret_cast<T*>(smem) : nullptr;
+  fwd_block_step<T, false>(p, t, p.w + (long long)j0 * H, (long long)H * H, j0, nu, b0, b1,
+                           stage_rows > 0 ? stage_rows : rows, hsm);
+}
+
+template <typename T>
+static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path, int* used) {
+  FwdParams<T> p;
+  p.xproj = static_cast<const T*>(a->xproj);
+  p.w = static_cast<const T*>(a->w_hh);
+  p.h0 = static_cast<const T*>(a->h0);
+  p.c0 = static_cast<const T*>(a->c0);
+  p.lengths = a->lengths;
+  p.hs = static_cast<T*>(a->hs);
+  p.hT = static_cast<T*>(a->hT);
+  p.cT = static_cast<T*>(a->cT);
+  p.cs = a->cs;
+  p.gates = a->gates;
+  p.hbuf = static_cast<T*>(a->hbuf);
+  p.counter = a->counter;
+  p.Tn = a->T;
+  p.B = a->B;
+  p.H = a->H;
+  const size_t rowbytes = (size_t)a->H * sizeof(T);  // one staged row of h
+
+  if (path != CHARLSTM_PATH_STEPWISE) {
+    const void* kernel = reinterpret_cast<const void*>(&fwd_persistent_kernel<T>);
+    PersistentPlan pl;
+    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, &pl);
+    if (st != CHARLSTM_OK) return st;
+    if (pl.ok) {
+      cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);
+      if (e != cudaSuccess) return cuda_fail(e, "forward: zeroing the barrier counter");
+      int units = pl.units, bb = pl.bb;
+      unsigned off = pl.stage_offset;
+      void* args[] = {&p, &units, &bb, &off};
+      e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem,
+                                      stream);
+      if (e == cudaSuccess) {
+        if (used) *used = CHARLSTM_PATH_PERSISTENT;
+        return CHARLSTM_OK;
+      }
+      if (path == CHARLSTM_PATH_PERSISTENT || e != cudaErrorCooperativeLaunchTooLarge)
+        return cuda_fail(e, "forward: persistent cooperative launch");
+      (void)cudaGetLastError();  // not sticky: fall back to the stepwise path below
+    } else if (path == CHARLSTM_PATH_PERSISTENT) {
+      set_error("forward: the persistent path cannot run this shape: %s", pl.why);
+      return CHARLSTM_ERR_PERSISTENT_UNFIT;
+    }
+  }
+
+  StepPlan sp;
+  int st = plan_stepwise(a->B, a->H, rowbytes, &sp);
+  if (st != CHARLSTM_OK) return st;
+  for (int t = 0; t < a->T; ++t) {
+    fwd_step_kernel<T><<<sp.grid, kThreads, sp.smem, stream>>>(p, t, sp.units, sp.rows,
+                                                               sp.stage_rows);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(e, "forward: stepwise launch");
+  }
+  if (used) *used = CHARLSTM_PATH_STEPWISE;
+  return CHARLSTM_OK;
+}
+
+}  // namespace charlstm
+
+extern "C" int charlstm_lstm_forward(const charlstm_fwd_args* a, void* stream, int path,
+                                     int* path_used) {
+  using namespace charlstm;
+  clear_error();
+  if (a == nullptr) {
+    set_error("charlstm_lstm_forward: null arguments");
+    return CHARLSTM_ERR_ARGS;
+  }
+  int st = check_sizes("charlstm_lstm_forward", a->T, a->B, a->H, a->dtype, path);
+  if (st != CHARLSTM_OK) return st;
+  if (!a->xproj || !a->w_hh || !a->h0 || !a->c0 || !a->hs || !a->hT || !a->cT || !a->cs ||
+      !a->gates || !a->hbuf || !a->counter) {
+    set_error("charlstm_lstm_forward: a required pointer is null");
+    return CHARLSTM_ERR_ARGS;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (a->dtype) {
+    case CHARLSTM_FLOAT32: return run_forward<float>(a, s, path, path_used);
+    case CHARLSTM_FLOAT16: return run_forward<__half>(a, s, path, path_used);
+    default: return run_forward<__nv_bfloat16>(a, s, path, path_used);
+  }
+}
