@@ -344,3 +344,34 @@ def corpus_tokens(max_chars: int = 1_000_000, seed: int = 0, vocab_if_synthetic:
 
 def default_out_dir(arg: Optional[str]) -> Path:
     return Path(arg) if arg else RESULTS_DIR
+
+
+def load_charrnn():
+    """``CharRNN`` from ``charlstm.charrnn.model``, or SystemExit saying it is not there yet."""
+    ensure_importable()
+    try:
+        from charlstm.charrnn.model import CharRNN
+    except ImportError as e:
+        raise SystemExit(f"charlstm.charrnn.model.CharRNN is not importable ({e}); "
+                         f"this benchmark needs the char-rnn model") from None
+    return CharRNN
+
+
+def add_common_args(ap) -> None:
+    """Arguments every script shares: device, backends, output folder, tag."""
+    ap.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
+    ap.add_argument("--backends", type=lambda s: s.split(","), default=None,
+                    help="comma-separated backends (default: all available here; torch always runs)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/)")
+    ap.add_argument("--tag", default=None, help="suffix for the output file names")
+
+
+def result_name(script: str, env: dict, tag: Optional[str]) -> str:
+    return f"{script}-{env['device_kind']}" + (f"-{tag}" if tag else "")
+
+
+def cpu_notes(device) -> list:
+    if device.type == "cpu":
+        return ["Measured on a CPU: these are not GPU numbers; they only show that the script "
+                "runs and how the backends compare on this CPU."]
+    return []
