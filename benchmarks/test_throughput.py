@@ -1,0 +1,85 @@
+"""Throughput regression tests (pytest-benchmark): forward and forward+backward per backend.
+
+Not part of the unit tests: nothing here asserts a time.  pytest-benchmark records the timings;
+a slowdown is found by comparing against a baseline saved on the same kind of machine::
+
+    # once, on the reference commit (<kind>: e.g. h100, h200, cpu-2core)
+    pytest benchmarks/test_throughput.py --benchmark-save=<kind>
+    # after a change, on the same kind of machine: fail if any median is > 10% slower
+    pytest benchmarks/test_throughput.py --benchmark-compare --benchmark-compare-fail=median:10%
+
+CI runs them in smoke mode, each once and untimed (< 60 s on a CPU)::
+
+    pytest benchmarks/test_throughput.py --benchmark-disable
+
+Each test checks that the call produced finite outputs (and gradients) of the right shapes, so the
+smoke run fails when a backend breaks.  Sizes: small ones on a CPU, representative ones on a GPU.
+A backend that cannot run here is skipped with its reason; the Triton interpreter on a CPU is
+skipped unless ``CHARLSTM_BENCH_INTERPRETER=1``.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import charlstm
+from benchmarks import common
+from charlstm import backends
+
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+# (batch, seq, hidden, dtype)
+SIZES = ([(16, 256, 256, "bfloat16"), (64, 128, 1024, "bfloat16"), (1, 512, 512, "bfloat16"),
+          (32, 128, 512, "float32")] if GPU else
+         [(4, 16, 64, "float32"), (1, 32, 128, "float32")])
+MODES = ("fwd", "fwd+bwd")
+
+
+def _skip_reason(backend: str, dtype: torch.dtype):
+    if backend == "triton" and not GPU and os.environ.get("CHARLSTM_BENCH_INTERPRETER") != "1":
+        return "Triton interpreter on CPU is not a performance target (CHARLSTM_BENCH_INTERPRETER=1)"
+    return backends.unavailable_reason(backend, DEVICE, dtype)
+
+
+def _size_id(size) -> str:
+    b, t, h, d = size
+    return f"B{b}-T{t}-H{h}-{d}"
+
+
+@pytest.mark.parametrize("size", SIZES, ids=_size_id)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+def test_lstm_throughput(benchmark, backend, mode, size):
+    B, T, H, dname = size
+    dtype = common.parse_dtype(dname)
+    why = _skip_reason(backend, dtype)
+    if why:
+        pytest.skip(f"{backend}: {why}")
+    benchmark.group = f"{mode} {_size_id(size)} on {common.device_kind(DEVICE)}"
+    benchmark.extra_info.update(backend=backend, mode=mode, batch=B, seq=T, hidden=H, dtype=dname,
+                                tflop=common.lstm_flops(T, B, H, H, backward=mode != "fwd") / 1e12)
+    torch.manual_seed(0)
+    model = charlstm.LSTM(H, H, backend=backend).to(DEVICE, dtype)
+    x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode != "fwd")
+    dy = torch.randn(T, B, H, device=DEVICE, dtype=dtype)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        if mode == "fwd":
+            with torch.no_grad():
+                y, (h, c) = model(x)
+        else:
+            y, (h, c) = model(x)
+            y.backward(dy)
+        common.synchronize(DEVICE)
+        return y, h, c
+
+    y, h, c = benchmark(run)
+    assert y.shape == (T, B, H) and h.shape == c.shape == (1, B, H)
+    assert torch.isfinite(y).all() and torch.isfinite(c).all()
+    if mode != "fwd":
+        assert x.grad is not None and x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
