@@ -11,7 +11,9 @@ Usage (from the repository root)::
 
 Full grid: batch (1, 8, 32, 64, 128, 256) x hidden (128, 256, 512, 1024, 2048) x seq (64, 512) x
 layers (1, 3) x dtype (float32, float16, bfloat16) x {forward, forward+backward}; input size =
-hidden, unidirectional.  Every backend of a configuration sees the same weights and inputs.
+hidden, unidirectional.  Every backend of a configuration sees the same weights and inputs.  The ``cuda`` backend is timed
+once per implementation path (``cuda:persistent``, ``cuda:stepwise``; the JSON's ``ran_path`` says
+what actually ran, and forcing ``persistent`` on a shape it cannot hold is an error row).
 
 Each row: median time (CUDA events on a GPU, ``time.perf_counter`` on a CPU, after warm-up),
 speed-up over ``torch`` measured in the same run (``torch_ms / ms``; > 1 is faster), achieved
@@ -98,8 +100,9 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
         return [dict(cfg, section=section, backend=b, mode=m, error=f"setup: {e}"[:200])
                 for b in backends for m in modes]
     torch_ms = {}
-    for name in backends:
-        model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=name)
+    for name in common.backend_variants(backends):
+        backend, _ = common.split_variant(name)
+        model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend)
         model = model.to(device=device, dtype=dtype)
         model.load_state_dict(state)
         xg = x.detach().requires_grad_(True)
@@ -114,7 +117,11 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
                     y.backward(dy)
             row = dict(cfg, section=section, backend=name, mode=mode)
             try:
-                r = common.time_fn(fn, device, warmup=warmup, reps=reps)
+                with common.variant_context(name):
+                    r = common.time_fn(fn, device, warmup=warmup, reps=reps)
+                    path = common.ran_path(name)
+                if path:
+                    row["ran_path"] = path
             except (RuntimeError, common_errors()) as e:
                 row["error"] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)

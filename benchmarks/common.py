@@ -233,14 +233,16 @@ def select_backends(requested: Optional[Iterable[str]], device, dtype) -> tuple[
     """Which backends to run: ``(names, skipped)`` where ``skipped`` maps name -> reason.
 
     Default (``requested`` None): every registered backend that can run here, except ``triton`` on
-    a CPU (the interpreter is a correctness tool, not a performance target; ask for it by name).
-    ``torch`` always comes first because every ratio is taken against it.
+    a CPU (the interpreter is a correctness tool, not a performance target) and ``reference`` on a
+    GPU (a Python loop of small kernels: the full grid would take hours); name them to include them.
+    ``torch`` always comes first because every ratio is taken against it.  A name may carry an
+    implementation path (``cuda:stepwise``); see :func:`backend_variants`.
     """
     from charlstm import backends as B
     explicit = requested is not None
     names = list(requested) if explicit else list(B.BACKENDS)
     for n in names:
-        B.validate_name(n)
+        B.validate_name(split_variant(n)[0])
     if "torch" in names:
         names.remove("torch")
     names.insert(0, "torch")
@@ -249,7 +251,11 @@ def select_backends(requested: Optional[Iterable[str]], device, dtype) -> tuple[
         if n == "triton" and device.type == "cpu" and not explicit:
             skipped[n] = "Triton interpreter on CPU (slow); pass --backends ...,triton to include it"
             continue
-        why = B.unavailable_reason(n, device, dtype)
+        if n == "reference" and device.type == "cuda" and not explicit:
+            skipped[n] = ("the specification (a Python loop of small ops), not a performance "
+                          "target on a GPU; pass --backends ...,reference to include it")
+            continue
+        why = B.unavailable_reason(split_variant(n)[0], device, dtype)
         if why:
             skipped[n] = why
         else:
@@ -375,3 +381,50 @@ def cpu_notes(device) -> list:
         return ["Measured on a CPU: these are not GPU numbers; they only show that the script "
                 "runs and how the backends compare on this CPU."]
     return []
+
+
+# ----------------------------------------------------------------------------- backend variants
+def backend_variants(names: Iterable[str]) -> list:
+    """Expand ``cuda`` into one variant per implementation path (``cuda:persistent``,
+    ``cuda:stepwise``) when the cuda backend module exposes ``PATHS``; other names stay as they are.
+    """
+    out = []
+    for n in names:
+        if n == "cuda":
+            try:
+                from charlstm.backends import cuda as cuda_backend
+                paths = [p for p in cuda_backend.PATHS if p != "auto"]
+            except Exception:  # noqa: BLE001  (unavailable: keep the plain name, it will be skipped)
+                paths = []
+            out += [f"cuda:{p}" for p in paths] or ["cuda"]
+        else:
+            out.append(n)
+    return out
+
+
+def split_variant(variant: str) -> tuple:
+    """``"cuda:persistent"`` -> ``("cuda", "persistent")``; ``"torch"`` -> ``("torch", None)``."""
+    name, _, path = variant.partition(":")
+    return name, (path or None)
+
+
+def variant_context(variant: str):
+    """A context manager that selects the variant's implementation path (a no-op for plain names)."""
+    import contextlib
+    name, path = split_variant(variant)
+    if name == "cuda" and path:
+        from charlstm.backends import cuda as cuda_backend
+        return cuda_backend.use_path(path)
+    return contextlib.nullcontext()
+
+
+def ran_path(variant: str) -> Optional[str]:
+    """Which path the cuda backend says its last call ran (None for other backends)."""
+    name, _ = split_variant(variant)
+    if name != "cuda":
+        return None
+    try:
+        from charlstm.backends import cuda as cuda_backend
+        return str(cuda_backend.last_path())
+    except Exception:  # noqa: BLE001
+        return None

@@ -15,7 +15,8 @@ CI runs them in smoke mode, each once and untimed (< 60 s on a CPU)::
 Each test checks that the call produced finite outputs (and gradients) of the right shapes, so the
 smoke run fails when a backend breaks.  Sizes: small ones on a CPU, representative ones on a GPU.
 A backend that cannot run here is skipped with its reason; the Triton interpreter on a CPU is
-skipped unless ``CHARLSTM_BENCH_INTERPRETER=1``.
+skipped unless ``CHARLSTM_BENCH_INTERPRETER=1``.  The cuda backend runs once per implementation
+path (``cuda:persistent``, ``cuda:stepwise``).
 """
 from __future__ import annotations
 
@@ -50,15 +51,16 @@ def _size_id(size) -> str:
 
 @pytest.mark.parametrize("size", SIZES, ids=_size_id)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend", backends.BACKENDS)
-def test_lstm_throughput(benchmark, backend, mode, size):
+@pytest.mark.parametrize("variant", common.backend_variants(backends.BACKENDS))
+def test_lstm_throughput(benchmark, variant, mode, size):
     B, T, H, dname = size
     dtype = common.parse_dtype(dname)
+    backend, _ = common.split_variant(variant)
     why = _skip_reason(backend, dtype)
     if why:
-        pytest.skip(f"{backend}: {why}")
+        pytest.skip(f"{variant}: {why}")
     benchmark.group = f"{mode} {_size_id(size)} on {common.device_kind(DEVICE)}"
-    benchmark.extra_info.update(backend=backend, mode=mode, batch=B, seq=T, hidden=H, dtype=dname,
+    benchmark.extra_info.update(backend=variant, mode=mode, batch=B, seq=T, hidden=H, dtype=dname,
                                 tflop=common.lstm_flops(T, B, H, H, backward=mode != "fwd") / 1e12)
     torch.manual_seed(0)
     model = charlstm.LSTM(H, H, backend=backend).to(DEVICE, dtype)
@@ -77,7 +79,11 @@ def test_lstm_throughput(benchmark, backend, mode, size):
         common.synchronize(DEVICE)
         return y, h, c
 
-    y, h, c = benchmark(run)
+    with common.variant_context(variant):
+        y, h, c = benchmark(run)
+        path = common.ran_path(variant)
+    if path:
+        benchmark.extra_info["ran_path"] = path
     assert y.shape == (T, B, H) and h.shape == c.shape == (1, B, H)
     assert torch.isfinite(y).all() and torch.isfinite(c).all()
     if mode != "fwd":
