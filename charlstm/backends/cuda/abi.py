@@ -1,0 +1,14 @@
+"""The integer codes of ``csrc/launch.h`` (dtype and path enums), mirrored for Python.
+
+``tests/test_cuda_backend.py`` parses ``launch.h`` and checks these values, so the two cannot
+drift apart silently.
+"""
+from __future__ import annotations
+
+import torch
+
+#: enum charlstm_dtype
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: enum charlstm_path
+PATH_CODES = {"auto": 0, "persistent": 1, "stepwise": 2}
+PATH_NAMES = {v: k for k, v in PATH_CODES.items()}

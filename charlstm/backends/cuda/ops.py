@@ -1,0 +1,65 @@
+"""The cuda backend's recurrent core: the compiled kernels registered as custom ops.
+
+``forward``/``backward`` implement :mod:`charlstm.backends.contract` by calling the extension
+(``csrc/bindings.cpp`` -> ``csrc/launch.h``) on the current CUDA stream, with the path chosen by
+:mod:`.paths`.  Importing this module registers the ``charlstm::cuda_core_fwd``/``_bwd`` ops but
+compiles nothing: the extension is loaded (or JIT-built) on the first kernel call.
+
+Status: compiled, not yet verified on a GPU.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..contract import CoreKernels, check_core_inputs, make_core_op
+from . import build, paths
+from .abi import DTYPE_CODES, PATH_CODES, PATH_NAMES
+
+
+def _check_supported(t: Tensor, name: str) -> None:
+    if t.device.type != "cuda":
+        raise ValueError(f"charlstm cuda backend: {name} must be a CUDA tensor, got {t.device}")
+    if t.dtype not in DTYPE_CODES:
+        raise TypeError(f"charlstm cuda backend: dtype {t.dtype} is not supported (expected "
+                        f"float32, float16 or bfloat16)")
+
+
+def _lengths(lengths: Optional[Tensor]) -> Optional[Tensor]:
+    return None if lengths is None else lengths.contiguous()
+
+
+def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor]):
+    """Contract forward -> (hs, hT, cT, cs, gates); cs/gates in float32."""
+    check_core_inputs(xproj, w_hh, h0, c0, lengths)
+    _check_supported(xproj, "xproj")
+    ext = build.load_extension()
+    dev = xproj.device
+    with torch.cuda.device(dev):
+        hs, hT, cT, cs, gates, used = ext.forward(
+            xproj.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(),
+            _lengths(lengths), torch.cuda.current_stream(dev).cuda_stream,
+            PATH_CODES[paths.current_path()])
+    paths.record("forward", PATH_NAMES.get(used, "none"))
+    return hs, hT, cT, cs, gates
+
+
+def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
+             gates: Tensor, lengths: Optional[Tensor]):
+    """Contract backward -> (dgates, dh0, dc0)."""
+    _check_supported(w_hh, "w_hh")
+    ext = build.load_extension()
+    dev = dhs.device
+    with torch.cuda.device(dev):
+        dgates, dh0, dc0, used = ext.backward(
+            dhs.contiguous(), dhT.contiguous(), dcT.contiguous(), w_hh.contiguous(),
+            c0.contiguous(), cs.contiguous(), gates.contiguous(), _lengths(lengths),
+            torch.cuda.current_stream(dev).cuda_stream, PATH_CODES[paths.current_path()])
+    paths.record("backward", PATH_NAMES.get(used, "none"))
+    return dgates, dh0, dc0
+
+
+kernels = CoreKernels(forward, backward)
+core = make_core_op("cuda_core", kernels, device_types="cuda")
