@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Every GPU check of charlstm in one command.  Usage, from anywhere:
+#
+#     scripts/gpu_check.sh OUTDIR
+#
+# Steps (each runs even when an earlier one failed, each under its own `timeout`, and each
+# records pass / failed / skipped and its seconds):
+#   env          versions, nvidia-smi, tools found                        (always runs)
+#   build        pip install --no-deps --no-build-isolation -e .  with TORCH_CUDA_ARCH_LIST set
+#                from torch.cuda.get_device_capability(), so the extension is built for this GPU only
+#   pytest-cuda  pytest -m cuda tests  (JUnit XML)
+#   memcheck, racecheck, synccheck
+#                compute-sanitizer --tool <tool> on scripts/cuda_sanitize_case.py
+#   bench        benchmarks/bench_lstm.py --quick, plus one full-size row per backend
+#                (B=16, T=1024, H=768, bfloat16) and the B=1, H=512 per-step latency
+#   fixtures     tests/cudnn_fixtures/generate.py --device cuda  (cuDNN's outputs and gradients)
+#   fixture-tests  tests/test_cudnn_fixtures.py against the fixtures just generated
+#
+# Without a GPU the steps that need one report "skipped: no GPU" and the exit code is 0 unless
+# something failed.  OUTDIR receives at most 4 flat files (the fetch from a GPU machine takes at
+# most 8 files, 16 MiB each):
+#   summary.txt      the one-screen summary printed at the end
+#   summary.json     the same, machine-readable
+#   results.tar.gz   results/{logs/*.log, junit-*.xml, bench/*.json|md|png, fixtures/*}
+#   bench.md         the benchmark table (when the bench step produced one)
+# The summary and the archive are rewritten after every step, so an interrupted run still leaves
+# what it did.  Environment knobs: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 540:
+# total seconds; a step never gets more than what is left), GPU_CHECK_TIMEOUT_<STEP> (seconds,
+# e.g. GPU_CHECK_TIMEOUT_BUILD=300), GPU_CHECK_STEPS (space-separated subset to run).
+set -u -o pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 OUTDIR" >&2
+  exit 2
+fi
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+export ROOT
+export PY=${PYTHON:-python3}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+export RES="$WORK/results"
+mkdir -p "$RES/logs" "$RES/bench" "$RES/fixtures"
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
+START=$(date +%s)
+ALL_STEPS="env build pytest-cuda memcheck racecheck synccheck bench fixtures fixture-tests"
+STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
+
+HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+export HAS_GPU
+if [ "$HAS_GPU" = 1 ]; then
+  DEVICE=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null)
+else
+  DEVICE="no GPU (torch.cuda.is_available() is False)"
+fi
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT="$COMMIT+dirty"; fi
+
+declare -a R_NAME R_STATUS R_SECS R_NOTE
+
+# ------------------------------------------------------------------------- the steps
+# Each runs in its own bash under `timeout`; exit 0 = pass, 77 = skipped (reason in
+# $RES/logs/<step>.skip), anything else = failed.
+skip() { echo "$1" > "$RES/logs/$STEP.skip"; exit 77; }
+need_gpu() { [ "$HAS_GPU" = 1 ] || skip "no GPU"; }
+export -f skip need_gpu
+
+step_env() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null)"
+  "$PY" - <<'EOF'
+import json, sys
+sys.path.insert(0, ".")
+import torch
+from benchmarks.common import environment, pick_device
+print(json.dumps(environment(pick_device("auto")), indent=1))
+EOF
+  local rc=$?
+  for tool in nvidia-smi nvcc ncu compute-sanitizer ninja; do
+    printf '%-18s %s\n' "$tool" "$(command -v "$tool" || echo 'not found')"
+  done
+  command -v nvidia-smi >/dev/null && nvidia-smi
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+  return $rc
+}
+
+step_build() {
+  need_gpu
+  local arch
+  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || return 1
+  echo "TORCH_CUDA_ARCH_LIST=$arch"
+  TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-16} \
+    "$PY" -m pip install --no-deps --no-build-isolation -e . || return 1
+  "$PY" -c "import charlstm, charlstm.backends as b; print({n: b.status(n) for n in b.BACKENDS})"
+}
+
+# pytest, with its final count line ("12 passed, 3 skipped in 4.1s") kept as the step's note
+run_pytest() {
+  "$PY" -m pytest "$@" -q -rs
+  local rc=$?
+  grep -E '[0-9]+ (passed|failed|skipped|error)' "$RES/logs/$STEP.log" | tail -1 | tr -d '=' \
+    | sed 's/^ *//' > "$RES/logs/$STEP.note"
+  return $rc
+}
+
+step_pytest_cuda() {
+  need_gpu
+  run_pytest -m cuda tests --junitxml="$RES/junit-cuda.xml"
+  local rc=$?
+  [ $rc = 5 ] && skip "no tests marked cuda were collected"
+  return $rc
+}
+
+sanitize() {
+  need_gpu
+  command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer not on PATH"; return 1; }
+  [ -f scripts/cuda_sanitize_case.py ] || { echo "scripts/cuda_sanitize_case.py is missing"; return 1; }
+  compute-sanitizer --tool "$1" --error-exitcode 99 --print-limit 50 "$PY" scripts/cuda_sanitize_case.py
+}
+step_memcheck() { sanitize memcheck; }
+step_racecheck() { sanitize racecheck; }
+step_synccheck() { sanitize synccheck; }
+
+step_bench() {
+  need_gpu
+  "$PY" benchmarks/bench_lstm.py --quick --row 16,1024,768,bfloat16 --latency \
+    --out "$RES/bench" --tag gpu-check
+}
+
+step_fixtures() {
+  need_gpu
+  "$PY" tests/cudnn_fixtures/generate.py --device cuda --out "$RES/fixtures"
+}
+
+step_fixture_tests() {
+  need_gpu
+  [ -f "$RES/fixtures/metadata.json" ] || skip "the fixtures step produced no fixtures"
+  CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
+    --junitxml="$RES/junit-fixtures.xml"
+}
+export -f run_pytest step_env step_build step_pytest_cuda sanitize step_memcheck step_racecheck \
+  step_synccheck step_bench step_fixtures step_fixture_tests
+
+default_timeout() {
+  case $1 in
+    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; memcheck) echo 75 ;;
+    racecheck) echo 75 ;; synccheck) echo 60 ;; bench) echo 150 ;; fixtures) echo 60 ;;
+    fixture-tests) echo 90 ;; *) echo 60 ;;
+  esac
+}
+
+# ------------------------------------------------------------------------- reporting
+write_summary() {
+  local failed=0 passed=0 skipped=0 i
+  {
+    echo "charlstm gpu_check  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $COMMIT"
+    echo "device: $DEVICE"
+    printf '%-14s %-56s %7s\n' step result seconds
+    for i in "${!R_NAME[@]}"; do
+      printf '%-14s %-56s %7s\n' "${R_NAME[$i]}" "${R_STATUS[$i]:0:56}" "${R_SECS[$i]}"
+      case ${R_STATUS[$i]} in
+        pass*) passed=$((passed + 1)) ;;
+        failed*) failed=$((failed + 1)) ;;
+        *) skipped=$((skipped + 1)) ;;
+      esac
+    done
+    echo "total: $passed passed, $failed failed, $skipped skipped in $(( $(date +%s) - START ))s"
+    [ "$HAS_GPU" = 1 ] || echo "no GPU: every step that needs one was skipped (nothing was checked on a GPU)"
+    for i in "${!R_NAME[@]}"; do
+      case ${R_STATUS[$i]} in
+        failed*)
+          echo "--- ${R_NAME[$i]}: last lines of logs/${R_NAME[$i]}.log"
+          tail -n 4 "$RES/logs/${R_NAME[$i]}.log" 2>/dev/null | cut -c1-160 ;;
+      esac
+    done
+    echo "details: results.tar.gz (logs/, junit-*.xml, bench/, fixtures/)"
+  } > "$OUT/summary.txt"
+  "$PY" - "$OUT/summary.json" "$COMMIT" "$DEVICE" "$HAS_GPU" \
+    "$(printf '%s\n' "${R_NAME[@]}")" "$(printf '%s\n' "${R_STATUS[@]}")" "$(printf '%s\n' "${R_SECS[@]}")" <<'EOF'
+import json, sys
+path, commit, device, gpu, names, status, secs = sys.argv[1:8]
+steps = [{"step": n, "result": s, "seconds": int(t)}
+         for n, s, t in zip(names.splitlines(), status.splitlines(), secs.splitlines())]
+json.dump({"commit": commit, "device": device, "gpu": gpu == "1", "steps": steps}, open(path, "w"),
+          indent=1)
+EOF
+  tar -czf "$OUT/results.tar.gz.tmp" -C "$WORK" results && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
+  local md
+  md=$(ls "$RES"/bench/*.md 2>/dev/null | head -1)
+  [ -n "$md" ] && cp "$md" "$OUT/bench.md"
+  return 0
+}
+
+run_step() {
+  local name=$1 fn=step_${1//-/_} var t left t0 rc status
+  var=GPU_CHECK_TIMEOUT_$(echo "$name" | tr 'a-z-' 'A-Z_')
+  t=${!var:-$(default_timeout "$name")}
+  left=$(( BUDGET - ($(date +%s) - START) ))
+  t0=$(date +%s)
+  if [ "$left" -lt 20 ]; then
+    status="skipped: time budget (${BUDGET}s) used up"
+  else
+    [ "$t" -gt $((left - 10)) ] && t=$((left - 10))
+    echo "== $name (timeout ${t}s)" >&2
+    STEP=$name timeout -k 10 "$t" bash -c "$fn" > "$RES/logs/$name.log" 2>&1
+    rc=$?
+    case $rc in
+      0) status=pass; [ -s "$RES/logs/$name.note" ] && status="pass: $(cat "$RES/logs/$name.note")" ;;
+      77) status="skipped: $(cat "$RES/logs/$name.skip" 2>/dev/null)" ;;
+      124|137) status="failed: timeout after ${t}s" ;;
+      *) status="failed (exit $rc)"
+         [ -s "$RES/logs/$name.note" ] && status="failed: $(cat "$RES/logs/$name.note")" ;;
+    esac
+  fi
+  R_NAME+=("$name"); R_STATUS+=("$status"); R_SECS+=($(( $(date +%s) - t0 )))
+  echo "   $name: $status" >&2
+  write_summary
+}
+
+export STEP=""
+for s in $STEPS; do
+  case " $ALL_STEPS " in
+    *" $s "*) run_step "$s" ;;
+    *) echo "unknown step '$s' (known: $ALL_STEPS)" >&2; R_NAME+=("$s"); R_STATUS+=("failed: unknown step"); R_SECS+=(0) ;;
+  esac
+done
+write_summary
+cat "$OUT/summary.txt"
+rm -rf "$WORK"
+for st in "${R_STATUS[@]}"; do
+  case $st in failed*) exit 1 ;; esac
+done
+exit 0
