@@ -324,7 +324,8 @@ def split(ids: Tensor, train_frac: float, val_frac: float) -> tuple[Tensor, Tens
                          "(need 0 < train_frac, 0 <= val_frac, train_frac + val_frac <= 1)")
     n = len(ids)
     n_train = int(n * train_frac)
-    n_val = min(n - n_train, int(n * val_frac))
+    n_val = n - n_train if train_frac + val_frac >= 1 - 1e-9 else min(n - n_train,
+                                                                        int(n * val_frac))
     return ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
 
 

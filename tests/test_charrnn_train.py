@@ -1,0 +1,235 @@
+"""charlstm.charrnn train/sample/evaluate through the Python API: learning, sampling, checkpoints,
+exact resume, atomic writes, divergence guard, fine-tuning, out-of-vocabulary handling."""
+import importlib
+import io
+import json
+import math
+import random
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from charlstm.charrnn import CheckpointError, TrainingDiverged, evaluate, sample, train
+from charlstm.charrnn import checkpoint as ckpt_io
+from charlstm.charrnn import data as D
+
+
+def grammar_text(n_sentences: int, seed: int = 0) -> str:
+    """Sentences of a tiny grammar: learnable structure, several bits of unigram entropy."""
+    rng = random.Random(seed)
+    subj = ["the cat", "a dog", "my bird", "our fox"]
+    verb = ["sat on", "ran to", "slept by", "looked at"]
+    obj = ["the mat", "a tree", "the house", "my bed"]
+    return "".join(f"{rng.choice(subj)} {rng.choice(verb)} {rng.choice(obj)}.\n"
+                   for _ in range(n_sentences))
+
+
+def unigram_entropy(text: str) -> float:
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+# the package exports functions named like its modules; reach the module itself
+train_mod = importlib.import_module("charlstm.charrnn.train")
+
+SMALL = dict(rnn_size=32, num_layers=1, seq_length=32, batch_size=8, progress=False, plot=False)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small model trained on the grammar corpus, shared by the tests that only read it."""
+    d = tmp_path_factory.mktemp("trained")
+    text = grammar_text(1500)
+    f = d / "grammar.txt"
+    f.write_text(text)
+    res = train(str(f), rnn_size=64, num_layers=2, seq_length=32, batch_size=16,
+                learning_rate=5e-3, max_iters=80, eval_val_every=40,
+                checkpoint_dir=str(d / "ck"), progress=False, plot=True, train_frac=0.9,
+                val_frac=0.1)
+    return res, text, f, d
+
+
+def test_training_learns_structure(trained):
+    res, text, _, d = trained
+    h = unigram_entropy(text)
+    assert res.iterations == 80 and len(res.val_losses) == 2
+    assert res.best_val_loss < 0.4 * h, (res.best_val_loss, h)
+    assert res.train_losses[-1][1] < res.train_losses[0][1]
+    recs = [json.loads(l) for l in (d / "ck" / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("split") for r in recs} >= {"train", "val"}
+    assert (d / "ck" / "loss_curve.png").stat().st_size > 0
+    ck, _ = ckpt_io.load(d / "ck")
+    assert ck["iteration"] == 80 and ck["vocab"] == "".join(sorted(set(text)))
+    assert ck["best_val_loss"] == res.best_val_loss
+    assert (d / "ck" / "best.pt").is_file()
+
+
+def test_sample_length_vocab_and_streaming(trained):
+    res, text, _, d = trained
+    out = io.StringIO()
+    (s,) = sample(d / "ck", length=200, prime="the ", seed=1, stream=out)
+    assert len(s) == 200 and set(s) <= set(text)
+    assert out.getvalue() == "the " + s + "\n"
+    many = sample(d / "ck" / "best.pt", length=80, num_samples=3, seed=2)
+    assert len(many) == 3 and all(len(t) == 80 and set(t) <= set(text) for t in many)
+    assert len(set(many)) > 1
+    # the model learned the grammar: most sampled words are words of the corpus
+    words = set(text.split())
+    sampled = s.split()[1:-1]
+    assert sum(w in words for w in sampled) >= 0.7 * len(sampled)
+
+
+def test_temperature_to_zero_is_argmax(trained):
+    _, _, _, d = trained
+    am = sample(d / "ck", length=60, prime="a ", argmax=True)
+    assert sample(d / "ck", length=60, prime="a ", temperature=0) == am
+    assert sample(d / "ck", length=60, prime="a ", temperature=1e-4, seed=7) == am
+
+
+def test_prime_with_unknown_characters_is_a_clear_error(trained):
+    _, _, _, d = trained
+    with pytest.raises(ValueError, match=r"not in the vocabulary.*'Z' \(U\+005A\), 'é'"):
+        sample(d / "ck", length=5, prime="Zé cat")
+
+
+def test_eval_reports_loss_and_counts_oov(trained, tmp_path):
+    res, text, f, d = trained
+    out = io.StringIO()
+    r = evaluate(d / "ck", f, out=out)
+    last = out.getvalue().splitlines()[-1]
+    assert re.fullmatch(r"loss \d+\.\d{4} nats, \d+\.\d{4} bits/char, \d+ chars", last)
+    assert r["chars"] == len(text) - 1 and r["oov_chars"] == 0
+    assert abs(r["bits_per_char"] - r["loss"] / math.log(2)) < 1e-12
+    g = tmp_path / "oov.txt"
+    g.write_text(text[:2000] + "ÉÉ€" + text[2000:4000], encoding="utf-8")
+    out = io.StringIO()
+    r2 = evaluate(d / "ck", g, json_output=True, out=out)
+    assert json.loads(out.getvalue()) == json.loads(json.dumps(r2))
+    assert r2["oov"] == {"É": 2, "€": 1} and r2["chars"] == 4000 - 1
+    assert r2["loss"] < 1.0
+
+
+def test_resume_is_bit_exact(tmp_path):
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(40, seed=3))          # small: ~17 batches/epoch, lr decays inside
+    kw = dict(SMALL, rnn_size=16, num_layers=2, dropout=0.1, seq_length=8, batch_size=4,
+              lr_decay=0.5, lr_decay_after=1, eval_val_every=10)
+    full = train(str(f), max_iters=45, checkpoint_dir=str(tmp_path / "a"), **kw)
+    part = train(str(f), max_iters=27, checkpoint_dir=str(tmp_path / "b"), **kw)
+    assert part.iterations == 27
+    rest = train(max_iters=45, checkpoint_dir=str(tmp_path / "b"), resume=True, progress=False,
+                 plot=False)
+    assert rest.train_losses == full.train_losses[27:]      # exact float equality
+    assert rest.val_losses[-1] == full.val_losses[-1]
+    a, _ = ckpt_io.load(tmp_path / "a")
+    b, _ = ckpt_io.load(tmp_path / "b")
+    assert a["iteration"] == b["iteration"] == 45
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] < 2e-3
+    with pytest.raises(ValueError, match="--rnn-size 99 conflicts"):
+        train(checkpoint_dir=str(tmp_path / "b"), resume=True, rnn_size=99, progress=False)
+
+
+def test_interrupted_checkpoint_write_keeps_previous(trained, tmp_path, monkeypatch):
+    _, _, _, d = trained
+    good, _ = ckpt_io.load(d / "ck")
+    target = tmp_path / "latest.pt"
+    ckpt_io.save_atomic(good, target)
+
+    def failing_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ckpt_io.torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        ckpt_io.save_atomic(good, target)
+    monkeypatch.undo()
+    again, _ = ckpt_io.load(tmp_path)
+    assert again["iteration"] == good["iteration"]
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]     # no temp files left
+
+
+def test_truncated_corrupt_and_foreign_checkpoints(trained, tmp_path):
+    _, _, _, d = trained
+    raw = (d / "ck" / "latest.pt").read_bytes()
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match=r"trunc\.pt: cannot read checkpoint.*truncated"):
+        ckpt_io.load(bad)
+    with pytest.raises(CheckpointError, match=r"trunc\.pt"):
+        sample(bad, length=3)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: not a charlstm char-rnn"):
+        evaluate(foreign, d / "grammar.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no latest.pt"):
+        ckpt_io.load(tmp_path / "empty")
+    ck, _ = ckpt_io.load(d / "ck")
+    ck["config"] = dict(ck["config"], rnn_size=7)
+    torch.save(ck, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match=r"mismatch\.pt: incompatible checkpoint"):
+        sample(tmp_path / "mismatch.pt", length=3)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(300))
+    real = train_mod.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        """Scale the loss by ``factor(n)`` at the n-th call."""
+        loss, st = real(*a, **k)
+        calls["n"] += 1
+        return loss * calls["factor"](calls["n"]), st
+    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    calls["factor"] = lambda n: float("nan") if n == 7 else 1.0
+    with pytest.raises(TrainingDiverged, match=r"iteration 7 .*NaN.*last good checkpoint"):
+        train(str(f), max_iters=20, eval_val_every=5, checkpoint_dir=str(tmp_path / "ck"),
+              **SMALL)
+    ck, _ = ckpt_io.load(tmp_path / "ck")
+    assert ck["iteration"] == 5
+    calls["n"], calls["factor"] = 0, (lambda n: 10.0 if n == 3 else 1.0)
+    with pytest.raises(TrainingDiverged, match=r"iteration 3 .*exceeds 3x the first loss"):
+        train(str(f), max_iters=20, eval_val_every=5, checkpoint_dir=str(tmp_path / "ck2"),
+              **SMALL)
+
+
+def test_init_from_fine_tunes_and_checks_vocabulary(trained, tmp_path):
+    _, text, _, d = trained
+    sub = tmp_path / "sub.txt"
+    sub.write_text(text[: len(text) // 3].replace("cat", "dog"))
+    before = evaluate(d / "ck", sub, out=io.StringIO())["loss"]
+    res = train(str(sub), init_from=str(d / "ck"), max_iters=10, eval_val_every=10,
+                checkpoint_dir=str(tmp_path / "ft"), learning_rate=1e-3, seq_length=32,
+                batch_size=16, progress=False, plot=False)
+    assert res.iterations == 10
+    ck, _ = ckpt_io.load(tmp_path / "ft")
+    assert ck["vocab"] == "".join(sorted(set(text))) and ck["config"]["rnn_size"] == 64
+    assert evaluate(tmp_path / "ft", sub, out=io.StringIO())["loss"] < before
+    new = tmp_path / "new.txt"
+    new.write_text(text[:3000] + "XYZ")
+    with pytest.raises(ValueError, match=r"not in the checkpoint's vocabulary.*'X'.*'Y'.*'Z'"):
+        train(str(new), init_from=str(d / "ck"), max_iters=1, checkpoint_dir=str(tmp_path / "x"),
+              progress=False)
+
+
+def test_reference_backend_trains(tmp_path):
+    """The whole trainer on a kernel backend path (the reference core)."""
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(60))
+    res = train(str(f), max_iters=6, eval_val_every=6, checkpoint_dir=str(tmp_path / "ck"),
+                backend="reference", **dict(SMALL, rnn_size=16, seq_length=16, batch_size=4))
+    assert res.train_losses[-1][1] < res.train_losses[0][1]
+    assert ckpt_io.load(tmp_path / "ck")[0]["config"]["backend"] == "reference"
+    (s,) = sample(tmp_path / "ck", length=20, prime="the")
+    assert len(s) == 20
