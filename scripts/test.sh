@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install charlstm with its test extras and run the whole CPU test suite:
+#   1. the unit/conformance tests (Triton kernels under the Triton interpreter),
+#   2. the throughput benchmarks in smoke mode (each runs once, nothing is timed or compared),
+#   3. the CUDA sources' compile check (nvcc, sm_80 + sm_90, warnings as errors), if nvcc exists.
+# Exits non-zero if anything fails.  Tests marked `cuda` are skipped without a GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# torch first, on its own, so that nothing below resolves torch to another (CUDA) build.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==2.13.0" || exit 1
+fi
+"$PY" -m pip install -q -e ".[test,triton]" || exit 1
+
+status=0
+export TRITON_INTERPRET=${TRITON_INTERPRET:-$("$PY" -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
+"$PY" -m pytest tests "$@" || status=1
+"$PY" -m pytest benchmarks/test_throughput.py --benchmark-disable -q || status=1
+if [ -f scripts/check_cuda_compile.sh ]; then
+  if command -v nvcc >/dev/null 2>&1; then
+    bash scripts/check_cuda_compile.sh || status=1
+  else
+    echo "test.sh: nvcc not found: CUDA compile check skipped"
+  fi
+fi
+exit $status
