@@ -273,13 +273,14 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 
     target = GPUTarget("cuda", 90, 32)
     blocks = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
-    for dt in ("fp32", "fp16", "bf16"):
+    for dt, has_len in (("fp32", False), ("fp16", True), ("bf16", True)):
         prec = "ieee" if dt == "fp32" else "tf32"
         fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=True, DOT_F32=False, PRECISION=prec, **blocks))
+                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
+                                        **blocks))
         bwd = ASTSource(lstm_bwd_kernel, sig(lstm_bwd_kernel, dt, {"cs_ptr", "gates_ptr",
                         "dzbuf_ptr", "dhbuf_ptr", "dcbuf_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=True, PRECISION=prec, **blocks))
+                        constexprs=dict(HAS_LENGTHS=has_len, PRECISION=prec, **blocks))
         for src in (fwd, bwd):
             k = triton.compile(src, target=target, options=dict(num_warps=4, num_stages=2))
             assert len(k.asm["cubin"]) > 0
@@ -298,7 +299,8 @@ def _has_nvidia_compiler() -> bool:
 
 @pytest.mark.skipif(not _has_nvidia_compiler(), reason="Triton's NVIDIA backend (ptxas) is absent")
 def test_kernels_compile_for_sm90():
-    """Both kernels compile to sm_90 cubins for every dtype (ahead of time: no GPU needed)."""
+    """Both kernels compile to sm_90 cubins for every dtype, with and without ``lengths``
+    (ahead of time: no GPU needed)."""
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

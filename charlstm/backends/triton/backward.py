@@ -73,6 +73,8 @@ def lstm_bwd_kernel(
     G = 4 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
+    row_g = rb[:, None] * G          # row offsets into [.., B, 4H] and [.., B, H] tensors
+    row_h = rb[:, None] * H
     for s in range(0, t_count):
         t = t_first - s
         t64 = t.to(tl.int64)
@@ -92,13 +94,13 @@ def lstm_bwd_kernel(
             rj = j0 + rj0
             jm = rj[None, :] < H
             m2 = bmask[:, None] & jm
-            off = rb[:, None] * H + rj[None, :]
+            off = row_h + rj[None, :]
             # 1. dh entering step t: dz[t+1] @ W_hh[:, j] for rows that ran t+1, else carried
             rec = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             for k0 in range(0, G, BLOCK_K):
                 rk = k0 + rk0
                 km = rk < G
-                dz = tl.load(dzbuf_ptr + p_in * B * G + rb[:, None] * G + rk[None, :],
+                dz = tl.load(dzbuf_ptr + p_in * B * G + row_g + rk[None, :],
                              mask=act_next[:, None] & km[None, :], other=0.0)
                 w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=km[:, None] & jm,
                             other=0.0).to(tl.float32)
@@ -111,7 +113,8 @@ def lstm_bwd_kernel(
             tl.store(dhbuf_ptr + p_out * BH + off, dh_carry, mask=m2)
             # 2. the pointwise gradient of step t (all loads masked off in the closing pass)
             rm = real & jm
-            g_t = gates_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
+            g_t = gates_ptr + gofs
             i = tl.load(g_t, mask=rm, other=0.0)
             f = tl.load(g_t + H, mask=rm, other=0.0)
             g = tl.load(g_t + 2 * H, mask=rm, other=0.0)
@@ -128,12 +131,12 @@ def lstm_bwd_kernel(
             dz_g = tl.where(a2, dc * i * (1.0 - g * g), 0.0)
             dz_o = tl.where(a2, dh * tc * o * (1.0 - o), 0.0)
             # 3. write dgates[t], dz[t] (for step t-1), dc entering step t-1
-            d_t = dgates_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            d_t = dgates_ptr + gofs
             tl.store(d_t, dz_i.to(OUT_T), mask=rm)
             tl.store(d_t + H, dz_f.to(OUT_T), mask=rm)
             tl.store(d_t + 2 * H, dz_g.to(OUT_T), mask=rm)
             tl.store(d_t + 3 * H, dz_o.to(OUT_T), mask=rm)
-            z_t = dzbuf_ptr + p_out * B * G + rb[:, None] * G + rj[None, :]
+            z_t = dzbuf_ptr + p_out * B * G + row_g + rj[None, :]
             tl.store(z_t, dz_i, mask=rm)
             tl.store(z_t + H, dz_f, mask=rm)
             tl.store(z_t + 2 * H, dz_g, mask=rm)

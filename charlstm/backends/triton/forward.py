@@ -71,6 +71,8 @@ def lstm_fwd_kernel(
     G = 4 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
+    row_g = rb[:, None] * G          # row offsets into [.., B, 4H] and [.., B, H] tensors
+    row_h = rb[:, None] * H
     for s in range(0, t_count):
         t = t_first + s
         t64 = t.to(tl.int64)
@@ -86,7 +88,8 @@ def lstm_fwd_kernel(
             rj = j0 + rj0
             jmask = rj < H
             m2 = bmask[:, None] & jmask[None, :]
-            x_t = xproj_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
+            x_t = xproj_ptr + gofs
             z_i = tl.load(x_t, mask=m2, other=0.0).to(tl.float32)
             z_f = tl.load(x_t + H, mask=m2, other=0.0).to(tl.float32)
             z_g = tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
@@ -94,7 +97,7 @@ def lstm_fwd_kernel(
             for k0 in range(0, H, BLOCK_K):
                 rk = k0 + rk0
                 kmask = rk < H
-                hoff = rb[:, None] * H + rk[None, :]
+                hoff = row_h + rk[None, :]
                 # h[t-1]: from h0 at step 0, else from the scratch of this step's parity
                 h = (tl.load(hbuf_ptr + cur * BH + hoff, mask=prev_r & kmask[None, :], other=0.0)
                      + tl.load(h0_ptr + hoff, mask=first_r & kmask[None, :], other=0.0))
@@ -114,12 +117,12 @@ def lstm_fwd_kernel(
                 z_f = tl.dot(h, w_f, z_f, input_precision=PRECISION)
                 z_g = tl.dot(h, w_g, z_g, input_precision=PRECISION)
                 z_o = tl.dot(h, w_o, z_o, input_precision=PRECISION)
-            off = rb[:, None] * H + rj[None, :]
+            off = row_h + rj[None, :]
             c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :], other=0.0)
                       + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
             i, f, g, o, c_new, h_new = lstm_cell(z_i, z_f, z_g, z_o, c_prev)
             h_new = h_new.to(OUT_T)
-            g_t = gates_ptr + t64 * B * G + rb[:, None] * G + rj[None, :]
+            g_t = gates_ptr + gofs
             tl.store(g_t, i, mask=m2)
             tl.store(g_t + H, f, mask=m2)
             tl.store(g_t + 2 * H, g, mask=m2)
