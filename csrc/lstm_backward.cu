@@ -24,34 +24,14 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     bwd_persistent_kernel(BwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(16) unsigned char smem[];
-  T* wsm = reinterpret_cast<T*>(smem);
-  float* zsm = reinterpret_cast<float*>(smem + stage_offset);
-  const int H = p.H;
-  const long long G = 4LL * H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  // Rows j0 .. j0+nu-1 of W^T ([H, 4H]) are one contiguous run.
-  const long long n = (long long)nu * G;
-  for (long long e = threadIdx.x; e < n; e += blockDim.x) wsm[e] = p.wt[(long long)j0 * G + e];
-  __syncthreads();
-  for (int s = p.Tn - 1; s >= -1; --s) {
-    bwd_block_step<T, true>(p, s, wsm, j0, nu, 0, p.B, bb, zsm);
-    if (s >= 0) grid_barrier(p.counter, gridDim.x * (unsigned)(p.Tn - s));
-  }
+  bwd_persistent_body<T>(p, units, bb, stage_offset, smem);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     bwd_step_kernel(BwdParams<T> p, int s, int units, int rows, int stage_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int H = p.H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  const int b0 = blockIdx.y * rows;
-  const int b1 = min(p.B, b0 + rows);
-  float* zsm = stage_rows > 0 ? reinterpret_cast<float*>(smem) : nullptr;
-  bwd_block_step<T, false>(p, s, p.wt + (long long)j0 * 4 * H, j0, nu, b0, b1,
-                           stage_rows > 0 ? stage_rows : rows, zsm);
+  bwd_step_body<T>(p, s, units, rows, stage_rows, smem);
 }
 
 template <typename T>

@@ -66,14 +66,24 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // ---------------------------------------------------------------- grid barrier
+// (The #else branches serve nvcc's host pass and the host emulator in csrc/emu/, which runs
+// this file's code with std::threads to check indexing and synchronisation on a CPU.)
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+#if defined(__CUDA_ARCH__)
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+#else
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#endif
 }
 
 __device__ __forceinline__ void red_release_gpu_add(unsigned* p, unsigned v) {
+#if defined(__CUDA_ARCH__)
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#else
+  __atomic_fetch_add(p, v, __ATOMIC_RELEASE);
+#endif
 }
 
 // Grid-wide barrier on a monotonic arrival counter (zeroed by the host before the launch).
@@ -357,6 +367,84 @@ __device__ void bwd_block_step(const BwdParams<T>& p, int s, const T* __restrict
         if (lane == q && q < nq) bwd_cell<T>(p, s, bc + q0 + q, j0 + u, acc[q], dzdst);
     }
   }
+}
+
+// ---------------------------------------------------------------- kernel bodies
+// The __global__ wrappers in lstm_forward.cu / lstm_backward.cu only add the dynamic shared
+// memory declaration; the bodies live here so the host emulator (csrc/emu/) runs the same code.
+
+// Persistent forward: block blockIdx.x owns units [blockIdx.x*units, +units); smem holds its
+// 4*units W_hh rows (stage_offset bytes) then bb staged rows of h.
+template <typename T>
+__device__ __forceinline__ void fwd_persistent_body(const FwdParams<T>& p, int units, int bb,
+                                                    unsigned stage_offset, unsigned char* smem) {
+  T* wsm = reinterpret_cast<T*>(smem);
+  T* hsm = reinterpret_cast<T*>(smem + stage_offset);
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  // W rows g*H + j0 .. g*H + j0 + nu - 1 are contiguous in W: copy them as one run per gate.
+  const long long per_gate = (long long)nu * H;
+  for (long long e = threadIdx.x; e < 4 * per_gate; e += blockDim.x) {
+    const int g = (int)(e / per_gate);
+    const long long r = e - g * per_gate;
+    wsm[(long long)g * units * H + r] = p.w[((long long)g * H + j0) * H + r];
+  }
+  __syncthreads();
+  for (int t = 0; t < p.Tn; ++t) {
+    fwd_block_step<T, true>(p, t, wsm, (long long)units * H, j0, nu, 0, p.B, bb, hsm);
+    if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
+  }
+}
+
+// Stepwise forward, step t: block (x, y) runs units [x*units, +units) for rows [y*rows, +rows),
+// staging stage_rows rows of h at a time in smem (stage_rows == 0: no staging).
+template <typename T>
+__device__ __forceinline__ void fwd_step_body(const FwdParams<T>& p, int t, int units, int rows,
+                                              int stage_rows, unsigned char* smem) {
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const int b0 = blockIdx.y * rows;
+  const int b1 = min(p.B, b0 + rows);
+  T* hsm = stage_rows > 0 ? reinterpret_cast<T*>(smem) : nullptr;
+  fwd_block_step<T, false>(p, t, p.w + (long long)j0 * H, (long long)H * H, j0, nu, b0, b1,
+                           stage_rows > 0 ? stage_rows : rows, hsm);
+}
+
+// Persistent backward: block owns units [blockIdx.x*units, +units); smem holds those rows of
+// W^T (stage_offset bytes) then bb staged rows of dz.
+template <typename T>
+__device__ __forceinline__ void bwd_persistent_body(const BwdParams<T>& p, int units, int bb,
+                                                    unsigned stage_offset, unsigned char* smem) {
+  T* wsm = reinterpret_cast<T*>(smem);
+  float* zsm = reinterpret_cast<float*>(smem + stage_offset);
+  const int H = p.H;
+  const long long G = 4LL * H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  // Rows j0 .. j0+nu-1 of W^T ([H, 4H]) are one contiguous run.
+  const long long n = (long long)nu * G;
+  for (long long e = threadIdx.x; e < n; e += blockDim.x) wsm[e] = p.wt[(long long)j0 * G + e];
+  __syncthreads();
+  for (int s = p.Tn - 1; s >= -1; --s) {
+    bwd_block_step<T, true>(p, s, wsm, j0, nu, 0, p.B, bb, zsm);
+    if (s >= 0) grid_barrier(p.counter, gridDim.x * (unsigned)(p.Tn - s));
+  }
+}
+
+// Stepwise backward, iteration s (T-1 .. -1); grid as in fwd_step_body.
+template <typename T>
+__device__ __forceinline__ void bwd_step_body(const BwdParams<T>& p, int s, int units, int rows,
+                                              int stage_rows, unsigned char* smem) {
+  const int H = p.H;
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const int b0 = blockIdx.y * rows;
+  const int b1 = min(p.B, b0 + rows);
+  float* zsm = stage_rows > 0 ? reinterpret_cast<float*>(smem) : nullptr;
+  bwd_block_step<T, false>(p, s, p.wt + (long long)j0 * 4 * H, j0, nu, b0, b1,
+                           stage_rows > 0 ? stage_rows : rows, zsm);
 }
 
 }  // namespace charlstm

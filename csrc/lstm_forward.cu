@@ -23,37 +23,14 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fwd_persistent_kernel(FwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(16) unsigned char smem[];
-  T* wsm = reinterpret_cast<T*>(smem);
-  T* hsm = reinterpret_cast<T*>(smem + stage_offset);
-  const int H = p.H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  // W rows g*H + j0 .. g*H + j0 + nu - 1 are contiguous in W: copy them as one run per gate.
-  const long long per_gate = (long long)nu * H;
-  for (long long e = threadIdx.x; e < 4 * per_gate; e += blockDim.x) {
-    const int g = (int)(e / per_gate);
-    const long long r = e - g * per_gate;
-    wsm[(long long)g * units * H + r] = p.w[((long long)g * H + j0) * H + r];
-  }
-  __syncthreads();
-  for (int t = 0; t < p.Tn; ++t) {
-    fwd_block_step<T, true>(p, t, wsm, (long long)units * H, j0, nu, 0, p.B, bb, hsm);
-    if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
-  }
+  fwd_persistent_body<T>(p, units, bb, stage_offset, smem);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fwd_step_kernel(FwdParams<T> p, int t, int units, int rows, int stage_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int H = p.H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  const int b0 = blockIdx.y * rows;
-  const int b1 = min(p.B, b0 + rows);
-  T* hsm = stage_rows > 0 ? reinterpret_cast<T*>(smem) : nullptr;
-  fwd_block_step<T, false>(p, t, p.w + (long long)j0 * H, (long long)H * H, j0, nu, b0, b1,
-                           stage_rows > 0 ? stage_rows : rows, hsm);
+  fwd_step_body<T>(p, t, units, rows, stage_rows, smem);
 }
 
 template <typename T>

@@ -1,0 +1,298 @@
+// Host emulator for the charlstm kernels (see emu_shim.h): runs the real device code of
+// csrc/lstm_device.cuh -- the persistent bodies with all blocks concurrently (grid barrier
+// included), or the stepwise bodies one step at a time -- on random inputs, and compares every
+// output with a straightforward double-precision implementation of the contract
+// (charlstm/backends/contract.py, as charlstm/backends/reference.py computes it: h rounded to
+// the input dtype each step, c in float, inactive rows keep state and write zeros).
+//
+// Usage: emu DTYPE T B H PACKED PATH [SMS SMEM | UNITS ROWS STAGE_ROWS]
+//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise.
+//   persistent: SMS (emulated SM count) and SMEM (shared memory bytes per block): the launch
+//               plan follows host_common.cu (units = ceil(H/SMS), bb rows per staged chunk).
+//   stepwise:   UNITS per block, ROWS per block, STAGE_ROWS staged per chunk (0: none).
+// Prints one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad usage.
+// Test-only (tests/test_cuda_backend.py compiles and runs it); not part of the extension.
+#include "emu_shim.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+
+#include "../lstm_device.cuh"
+
+using namespace charlstm;
+
+namespace {
+
+// ------------------------------------------------------------------ launching
+void launch(dim3 grid, size_t smem_bytes, bool concurrent,
+            const std::function<void(unsigned char*)>& body) {
+  const int nblocks = (int)(grid.x * grid.y);
+  std::vector<std::unique_ptr<emu::Block>> blocks;
+  std::vector<std::vector<double>> smem;
+  for (int b = 0; b < nblocks; ++b) {
+    blocks.emplace_back(new emu::Block(kThreads));
+    smem.emplace_back(smem_bytes / sizeof(double) + 2, std::numeric_limits<double>::quiet_NaN());
+  }
+  auto run_block = [&](int b, std::vector<std::thread>& threads) {
+    for (int tid = 0; tid < kThreads; ++tid) {
+      threads.emplace_back([&, b, tid] {
+        threadIdx = make_uint3(tid, 0, 0);
+        blockIdx = make_uint3(b % grid.x, b / grid.x, 0);
+        blockDim = dim3(kThreads);
+        gridDim = grid;
+        emu::block = blocks[b].get();
+        body(reinterpret_cast<unsigned char*>(smem[b].data()));
+      });
+    }
+  };
+  if (concurrent) {  // persistent: every block resident at once (cooperative launch)
+    std::vector<std::thread> threads;
+    for (int b = 0; b < nblocks; ++b) run_block(b, threads);
+    for (auto& t : threads) t.join();
+  } else {
+    for (int b = 0; b < nblocks; ++b) {
+      std::vector<std::thread> threads;
+      run_block(b, threads);
+      for (auto& t : threads) t.join();
+    }
+  }
+}
+
+// ------------------------------------------------------------------ dtype helpers (host)
+float tof(float x) { return x; }
+float tof(__half x) { return __half2float(x); }
+float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> T fromf(float x);
+template <> float fromf<float>(float x) { return x; }
+template <> __half fromf<__half>(float x) { return __float2half_rn(x); }
+template <> __nv_bfloat16 fromf<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T>
+std::vector<T> nan_vec(size_t n) {
+  return std::vector<T>(n, fromf<T>(std::numeric_limits<float>::quiet_NaN()));
+}
+
+// ------------------------------------------------------------------ reference (double)
+struct Ref {
+  std::vector<double> hs, hT, cT, cs, gates, dgates, dh0, dc0;
+};
+
+double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+template <typename T>
+Ref reference(int Tn, int B, int H, const std::vector<T>& x, const std::vector<T>& w,
+              const std::vector<T>& h0, const std::vector<T>& c0, const std::vector<int>* len,
+              const std::vector<T>& dhs, const std::vector<T>& dhT, const std::vector<T>& dcT) {
+  const int G = 4 * H;
+  Ref r;
+  r.hs.assign((size_t)Tn * B * H, 0);
+  r.cs.assign((size_t)Tn * B * H, 0);
+  r.gates.assign((size_t)Tn * B * G, 0);
+  std::vector<double> h(B * H), c(B * H);
+  for (int i = 0; i < B * H; ++i) h[i] = tof(h0[i]), c[i] = tof(c0[i]);
+  for (int t = 0; t < Tn; ++t) {
+    std::vector<double> hn(h), cn(c);
+    for (int b = 0; b < B; ++b) {
+      const bool act = !len || t < (*len)[b];
+      for (int j = 0; j < H; ++j) {
+        double z[4];
+        for (int g = 0; g < 4; ++g) {
+          double s = tof(x[((size_t)t * B + b) * G + g * H + j]);
+          for (int k = 0; k < H; ++k) s += (double)tof(w[(size_t)(g * H + j) * H + k]) * h[b * H + k];
+          z[g] = s;
+        }
+        const double ig = sig(z[0]), fg = sig(z[1]), gg = std::tanh(z[2]), og = sig(z[3]);
+        const double cnew = fg * c[b * H + j] + ig * gg;
+        const double hnew = tof(fromf<T>((float)(og * std::tanh(cnew))));
+        double* gr = &r.gates[((size_t)t * B + b) * G];
+        gr[j] = ig, gr[H + j] = fg, gr[2 * H + j] = gg, gr[3 * H + j] = og;
+        if (act) hn[b * H + j] = hnew, cn[b * H + j] = cnew;
+        r.hs[((size_t)t * B + b) * H + j] = act ? hnew : 0.0;
+        r.cs[((size_t)t * B + b) * H + j] = cn[b * H + j];
+      }
+    }
+    h = hn, c = cn;
+  }
+  r.hT = h, r.cT = c;
+  for (auto& v : r.cT) v = tof(fromf<T>((float)v));
+  // backward
+  r.dgates.assign((size_t)Tn * B * G, 0);
+  std::vector<double> dh(B * H), dc(B * H);
+  for (int i = 0; i < B * H; ++i) dh[i] = tof(dhT[i]), dc[i] = tof(dcT[i]);
+  for (int t = Tn - 1; t >= 0; --t) {
+    std::vector<double> dz((size_t)B * G, 0.0), dcn(dc);
+    for (int b = 0; b < B; ++b) {
+      for (int j = 0; j < H; ++j) {
+        const double* gr = &r.gates[((size_t)t * B + b) * G];
+        const double ig = gr[j], fg = gr[H + j], gg = gr[2 * H + j], og = gr[3 * H + j];
+        const double ct = r.cs[((size_t)t * B + b) * H + j];
+        const double cp = t > 0 ? r.cs[((size_t)(t - 1) * B + b) * H + j] : tof(c0[b * H + j]);
+        const double tc = std::tanh(ct);
+        const double dht = dh[b * H + j] + tof(dhs[((size_t)t * B + b) * H + j]);
+        const double dct = dc[b * H + j] + dht * og * (1 - tc * tc);
+        double* d = &dz[(size_t)b * G];
+        d[j] = dct * gg * ig * (1 - ig);
+        d[H + j] = dct * cp * fg * (1 - fg);
+        d[2 * H + j] = dct * ig * (1 - gg * gg);
+        d[3 * H + j] = dht * tc * og * (1 - og);
+        dcn[b * H + j] = dct * fg;
+      }
+    }
+    for (int b = 0; b < B; ++b) {
+      const bool act = !len || t < (*len)[b];
+      if (!act) continue;
+      for (int k = 0; k < H; ++k) {
+        double s = 0;
+        for (int rr = 0; rr < G; ++rr) s += dz[(size_t)b * G + rr] * tof(w[(size_t)rr * H + k]);
+        dh[b * H + k] = s;
+        dc[b * H + k] = dcn[b * H + k];
+      }
+      for (int rr = 0; rr < G; ++rr) r.dgates[((size_t)t * B + b) * G + rr] = dz[(size_t)b * G + rr];
+    }
+  }
+  r.dh0 = dh, r.dc0 = dc;
+  return r;
+}
+
+// ------------------------------------------------------------------ comparison
+int failures = 0;
+
+template <typename V>
+void compare(const char* name, const V& got, const std::vector<double>& want, double tol,
+             const std::vector<char>* exact_zero = nullptr) {
+  double maxerr = 0, scale = 1;
+  size_t bad = 0, nonzero = 0;
+  for (size_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::fabs(want[i]));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = tof(got[i]);
+    const double e = std::fabs(g - want[i]);
+    if (!(e <= tol * scale)) ++bad;  // NaN (never written) counts as bad
+    if (std::isfinite(e)) maxerr = std::max(maxerr, e);
+    if (exact_zero && (*exact_zero)[i] && g != 0.0) ++nonzero;
+  }
+  const bool ok = bad == 0 && nonzero == 0;
+  failures += !ok;
+  std::printf("%s %-7s max_abs_err %.3g (tol %.3g) bad %zu inactive_nonzero %zu\n",
+              ok ? "ok  " : "FAIL", name, maxerr, tol * scale, bad, nonzero);
+}
+
+template <typename T>
+int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int a3, double tol) {
+  const int G = 4 * H;
+  std::mt19937 rng(1234 + Tn * 7 + B * 13 + H);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto rnd = [&](size_t n, float scale) {
+    std::vector<T> v(n);
+    for (auto& e : v) e = fromf<T>(nd(rng) * scale);
+    return v;
+  };
+  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f), w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
+  std::vector<T> h0 = rnd((size_t)B * H, 0.5f), c0 = rnd((size_t)B * H, 0.5f);
+  std::vector<T> dhs = rnd((size_t)Tn * B * H, 1.0f), dhT = rnd((size_t)B * H, 1.0f),
+                 dcT = rnd((size_t)B * H, 1.0f);
+  std::vector<int> lengths(B, Tn);
+  if (packed) {
+    std::uniform_int_distribution<int> ud(1, Tn);
+    for (int b = 1; b < B; ++b) lengths[b] = ud(rng);
+  }
+  std::vector<T> wt((size_t)H * G);
+  for (int r = 0; r < G; ++r)
+    for (int k = 0; k < H; ++k) wt[(size_t)k * G + r] = w[(size_t)r * H + k];
+
+  std::vector<T> hs = nan_vec<T>((size_t)Tn * B * H), hT = nan_vec<T>((size_t)B * H),
+                 cT = nan_vec<T>((size_t)B * H), hbuf = nan_vec<T>((size_t)2 * B * H);
+  std::vector<float> cs((size_t)Tn * B * H, NAN), gates((size_t)Tn * B * G, NAN);
+  std::vector<T> dgates = nan_vec<T>((size_t)Tn * B * G), dh0 = nan_vec<T>((size_t)B * H),
+                 dc0 = nan_vec<T>((size_t)B * H);
+  std::vector<float> dzbuf((size_t)2 * B * G, NAN), dcbuf((size_t)B * H, NAN);
+  unsigned counter = 0;
+
+  FwdParams<T> fp{x.data(), w.data(), h0.data(), c0.data(), packed ? lengths.data() : nullptr,
+                  hs.data(), hT.data(), cT.data(), cs.data(), gates.data(), hbuf.data(),
+                  &counter, Tn, B, H};
+  BwdParams<T> bp{dhs.data(), dhT.data(), dcT.data(), wt.data(), c0.data(), cs.data(),
+                  gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
+                  dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
+
+  if (persistent) {
+    const int sms = a1;
+    const size_t smem_budget = (size_t)a2;
+    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
+    for (int dir = 0; dir < 2; ++dir) {
+      const size_t rowbytes = dir == 0 ? H * sizeof(T) : G * sizeof(float);
+      const size_t wbytes = ((size_t)4 * units * H * sizeof(T) + 15) & ~(size_t)15;
+      if (wbytes + rowbytes > smem_budget) {
+        std::printf("persistent plan does not fit in %zu bytes\n", smem_budget);
+        return 2;
+      }
+      size_t bb = std::min<size_t>({(smem_budget - wbytes) / rowbytes, (size_t)B, 64});
+      std::printf("persistent %s: %d blocks x %d units, bb %zu\n", dir ? "bwd" : "fwd", blocks,
+                  units, bb);
+      counter = 0;
+      if (dir == 0)
+        launch(dim3(blocks), wbytes + bb * rowbytes, true, [&](unsigned char* sm) {
+          fwd_persistent_body<T>(fp, units, (int)bb, (unsigned)wbytes, sm);
+        });
+      else
+        launch(dim3(blocks), wbytes + bb * rowbytes, true, [&](unsigned char* sm) {
+          bwd_persistent_body<T>(bp, units, (int)bb, (unsigned)wbytes, sm);
+        });
+    }
+  } else {
+    const int units = a1, rows = a2, stage = a3;
+    dim3 grid((H + units - 1) / units, (B + rows - 1) / rows);
+    std::printf("stepwise: grid %u x %u, units %d rows %d stage_rows %d\n", grid.x, grid.y, units,
+                rows, stage);
+    for (int t = 0; t < Tn; ++t)
+      launch(grid, (size_t)stage * H * sizeof(T), false,
+             [&](unsigned char* sm) { fwd_step_body<T>(fp, t, units, rows, stage, sm); });
+    for (int s = Tn - 1; s >= -1; --s)
+      launch(grid, (size_t)stage * G * sizeof(float), false,
+             [&](unsigned char* sm) { bwd_step_body<T>(bp, s, units, rows, stage, sm); });
+  }
+
+  Ref r = reference<T>(Tn, B, H, x, w, h0, c0, packed ? &lengths : nullptr, dhs, dhT, dcT);
+  std::vector<char> inactive_h((size_t)Tn * B * H, 0), inactive_g((size_t)Tn * B * G, 0);
+  for (int t = 0; t < Tn; ++t)
+    for (int b = 0; b < B; ++b)
+      if (t >= lengths[b]) {
+        std::fill_n(&inactive_h[((size_t)t * B + b) * H], H, 1);
+        std::fill_n(&inactive_g[((size_t)t * B + b) * G], G, 1);
+      }
+  compare("hs", hs, r.hs, tol, &inactive_h);
+  compare("hT", hT, r.hT, tol);
+  compare("cT", cT, r.cT, tol);
+  compare("cs", cs, r.cs, tol);
+  compare("gates", gates, r.gates, tol);
+  compare("dgates", dgates, r.dgates, tol * 4, &inactive_g);
+  compare("dh0", dh0, r.dh0, tol * 4);
+  compare("dc0", dc0, r.dc0, tol * 4);
+  return failures ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 10) {
+    std::fprintf(stderr,
+                 "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise "
+                 "(SMS SMEM 0 | UNITS ROWS STAGE_ROWS)\n",
+                 argv[0]);
+    return 2;
+  }
+  const std::string dt = argv[1], path = argv[6];
+  const int Tn = std::atoi(argv[2]), B = std::atoi(argv[3]), H = std::atoi(argv[4]);
+  const bool packed = std::atoi(argv[5]) != 0;
+  const int a1 = std::atoi(argv[7]), a2 = std::atoi(argv[8]), a3 = std::atoi(argv[9]);
+  if (path != "persistent" && path != "stepwise") return 2;
+  const bool pers = path == "persistent";
+  if (dt == "f32") return run<float>(Tn, B, H, packed, pers, a1, a2, a3, 2e-5);
+  if (dt == "f16") return run<__half>(Tn, B, H, packed, pers, a1, a2, a3, 4e-3);
+  if (dt == "bf16") return run<__nv_bfloat16>(Tn, B, H, packed, pers, a1, a2, a3, 3e-2);
+  return 2;
+}

@@ -1,0 +1,58 @@
+// Host emulation of the CUDA built-ins that csrc/lstm_device.cuh uses, so that its kernel
+// bodies can run on a CPU with one std::thread per CUDA thread: __syncthreads is a std::barrier
+// over the block, __shfl_xor_sync a 32-thread exchange through a per-warp slot array, the grid
+// barrier's acquire/release atomics are real atomics.  This checks indexing, work division,
+// staging, the barrier protocol (a logic error deadlocks or races; run under ThreadSanitizer),
+// and warp-uniformity of every shuffle (a divergent shuffle deadlocks).  It cannot check the
+// GPU memory model, L1 behaviour, occupancy or performance.  Test-only: not part of the build.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+namespace emu {
+struct Warp {
+  float slot[32];
+  std::barrier<> bar{32};
+};
+struct Block {
+  explicit Block(int nthreads) : bar(nthreads) {
+    for (int w = 0; w < nthreads / 32; ++w) warps.emplace_back(new Warp());
+  }
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+inline thread_local Block* block = nullptr;
+}  // namespace emu
+
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned /*mask*/, float v, int off) {
+  emu::Warp& w = *emu::block->warps[threadIdx.x / 32];
+  const unsigned lane = threadIdx.x % 32;
+  w.slot[lane] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.slot[lane ^ (unsigned)off];
+  w.bar.arrive_and_wait();
+  return r;
+}
+
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+inline float __ldcg(const float* p) { return *p; }
+inline unsigned short __ldcg(const unsigned short* p) { return *p; }
+using std::min;
