@@ -142,6 +142,37 @@ def test_availability_and_status():
     assert charlstm.backends.unavailable_reason("triton", DEV, torch.bfloat16) is None
 
 
+_NO_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import torch, charlstm
+    from charlstm.backends import triton as tb
+    why = tb.unavailable_reason(torch.device("cpu"), torch.float32)
+    assert why is not None and "TRITON_INTERPRET=1" in why, why
+    try:
+        charlstm.LSTM(3, 8, backend="triton")(torch.randn(2, 1, 3))
+    except charlstm.BackendUnavailable as e:
+        assert "TRITON_INTERPRET=1" in str(e), e
+    else:
+        raise AssertionError("CPU tensors ran without the interpreter")
+    print("ok")
+""")
+
+
+def _subprocess_env() -> dict:
+    """This environment without TRITON_INTERPRET, with the repository on the path."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_cpu_without_interpreter_is_unavailable_with_reason():
+    """Without TRITON_INTERPRET=1, CPU tensors are refused with a sentence naming the fix."""
+    r = subprocess.run([sys.executable, "-c", _NO_INTERPRETER_SCRIPT], env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-4000:]
+
+
 # ----------------------------------------------------------------------------- the layer
 def _layer_pair(dtype=torch.float32, **kw):
     """(charlstm.LSTM with the triton backend on DEV, torch.nn.LSTM on CPU) with equal weights."""
@@ -301,12 +332,8 @@ def _has_nvidia_compiler() -> bool:
 def test_kernels_compile_for_sm90():
     """Both kernels compile to sm_90 cubins for every dtype, with and without ``lengths``
     (ahead of time: no GPU needed)."""
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count("ok") == 6
 
