@@ -141,6 +141,9 @@ def environment(device) -> dict:
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
         "driver": None,
         "charlstm": None,
+        # a busy machine skews timings, CPU ones most: recorded so a reader can tell
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
     }
     try:
         import triton
@@ -284,7 +287,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def environment_markdown(env: dict) -> str:
     keys = ["date_utc", "device_name", "device_kind", "driver", "torch", "cuda", "cudnn", "triton",
-            "triton_interpret", "git_commit", "python", "cpu_count"]
+            "triton_interpret", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m"]
     return "\n".join(f"- {k}: {fmt(env.get(k))}" for k in keys)
 
 
@@ -377,10 +380,16 @@ def result_name(script: str, env: dict, tag: Optional[str]) -> str:
 
 
 def cpu_notes(device) -> list:
+    """Warnings that belong next to the numbers: a CPU run, a busy machine."""
+    notes = []
     if device.type == "cpu":
-        return ["Measured on a CPU: these are not GPU numbers; they only show that the script "
-                "runs and how the backends compare on this CPU."]
-    return []
+        notes.append("Measured on a CPU: these are not GPU numbers; they only show that the script "
+                     "runs and how the backends compare on this CPU.")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > (os.cpu_count() or 1):
+        notes.append(f"The machine was busy (1-minute load average {load:.0f} on {os.cpu_count()} "
+                     f"cores when the run started): these timings are unreliable.")
+    return notes
 
 
 # ----------------------------------------------------------------------------- backend variants
