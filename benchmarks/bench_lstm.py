@@ -79,7 +79,7 @@ def make_case(cfg: dict, device, seed: int = 0):
     dtype = common.parse_dtype(cfg["dtype"])
     g = torch.Generator().manual_seed(seed)
     H, B, T = cfg["hidden"], cfg["batch"], cfg["seq"]
-    base = charlstm.LSTM(H, H, cfg["layers"], backend="torch")
+    base = charlstm.LSTM(H, H, cfg["layers"], backend="torch", device="meta")   # shapes only
     state = {k: ((torch.rand(v.shape, generator=g) * 2 - 1) / H ** 0.5).to(device, dtype)
              for k, v in base.state_dict().items()}
     x = torch.randn(T, B, H, generator=g).to(device, dtype)
@@ -102,8 +102,8 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
     torch_ms = {}
     for name in common.backend_variants(backends):
         backend, _ = common.split_variant(name)
-        model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend)
-        model = model.to(device=device, dtype=dtype)
+        model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend,
+                              device=device, dtype=dtype)
         model.load_state_dict(state)
         xg = x.detach().requires_grad_(True)
         for mode in modes:
