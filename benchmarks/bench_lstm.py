@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid (< 1 minute)")
     ap.add_argument("--row", action="append", type=parse_row, default=[], metavar="B,T,H,DTYPE[,L]",
-                    help="add one configuration (repeatable); without --quick/--grid only these run")
+                    help="add one configuration (repeatable); alone (no --quick/--grid/axis "
+                    "override) only the rows run")
     ap.add_argument("--latency", action="store_true",
                     help="per-step latency: B=1, H=512, forward, time/T for a long T")
     ap.add_argument("--latency-seq", type=int, default=None, help="T for --latency")
@@ -227,7 +228,8 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (10 if kind == "cuda" else 2)
     reps = args.reps if args.reps is not None else (30 if kind == "cuda" else 5)
 
-    run_grid = args.grid or args.quick or not (args.row or args.latency)
+    overrides = any((args.batch, args.hidden, args.seq, args.layers, args.dtypes))
+    run_grid = args.grid or args.quick or overrides or not (args.row or args.latency)
     grid = dict(QUICK_GRID[kind] if args.quick else FULL_GRID)
     for key, arg in (("batch", args.batch), ("hidden", args.hidden), ("seq", args.seq),
                      ("layers", args.layers), ("dtype", args.dtypes)):

@@ -1,0 +1,121 @@
+"""The benchmark scripts and gpu_check.sh keep working (smoke tests; nothing here times anything).
+
+Run with ``pytest benchmarks/test_scripts.py`` (about 30 s on a 2-core CPU).  Each script runs
+end to end on tiny sizes into a temporary folder, and the files it promises are checked: JSON
+with the environment and rows, the Markdown table, the PNG.  ``scripts/gpu_check.sh`` runs on a
+machine without a GPU and must report every GPU step as skipped, exit 0, and leave its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import bench_lstm, bench_sample, bench_train, common
+
+GPU = torch.cuda.is_available()
+
+
+def test_lstm_flops_formula():
+    # 2*T*B*4H*(I+H) per layer and direction; layer 2 sees D*H inputs; fwd+bwd = 3x fwd
+    assert common.lstm_flops(10, 2, 3, 5) == 2 * 10 * 2 * 4 * 5 * (3 + 5)
+    two = 2 * (2 * 10 * 2 * 4 * 5 * (3 + 5)) + 2 * (2 * 10 * 2 * 4 * 5 * (10 + 5))
+    assert common.lstm_flops(10, 2, 3, 5, layers=2, directions=2) == two
+    assert common.lstm_flops(10, 2, 3, 5, backward=True) == 3 * common.lstm_flops(10, 2, 3, 5)
+
+
+def test_parse_row_and_dtype_errors():
+    assert bench_lstm.parse_row("16,1024,768,bf16") == dict(batch=16, seq=1024, hidden=768,
+                                                            layers=1, dtype="bfloat16")
+    assert bench_lstm.parse_row("1,2,3,float32,3")["layers"] == 3
+    for bad in ("16,1024,768", "a,2,3,float32", "1,2,3,int8"):
+        with pytest.raises(Exception, match="--row"):
+            bench_lstm.parse_row(bad)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        common.parse_dtype("float8")
+
+
+def test_select_backends_puts_torch_first_and_explains_skips():
+    cpu = torch.device("cpu")
+    names, skipped = common.select_backends(None, cpu, torch.float32)
+    assert names[0] == "torch" and "reference" in names
+    assert "triton" in skipped and "interpreter" in skipped["triton"].lower()
+    names, _ = common.select_backends(["reference"], cpu, torch.float32)
+    assert names == ["torch", "reference"]
+    with pytest.raises(ValueError):
+        common.select_backends(["nope"], cpu, torch.float32)
+    assert common.split_variant("cuda:stepwise") == ("cuda", "stepwise")
+    assert "torch" in common.backend_variants(["torch", "cuda"])
+
+
+def test_time_fn_counts_reps():
+    calls = []
+    r = common.time_fn(lambda: calls.append(1), torch.device("cpu"), warmup=2, reps=4)
+    assert len(calls) == 6 and r["reps"] == 4 and r["timer"] == "perf_counter"
+    assert 0 <= r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["peak_mem_mib"] is None
+
+
+def _load(out, prefix):
+    js = sorted(out.glob(f"{prefix}*.json"))
+    assert len(js) == 1, list(out.iterdir())
+    data = json.loads(js[0].read_text())
+    assert js[0].with_suffix(".md").is_file()
+    env = data["environment"]
+    for key in ("device_name", "torch", "date_utc", "git_commit", "device_kind"):
+        assert key in env
+    return data, js[0]
+
+
+def test_bench_lstm_end_to_end(tmp_path):
+    argv = ["--batch", "1", "2", "--hidden", "8", "16", "--seq", "3", "--layers", "1",
+            "--dtypes", "float32", "--row", "2,4,8,float32,2", "--latency", "--latency-seq", "4",
+            "--warmup", "0", "--reps", "1", "--backends", "torch,reference",
+            "--device", "cuda" if GPU else "cpu", "--out", str(tmp_path), "--tag", "t"]
+    assert bench_lstm.main(argv) == 0
+    data, path = _load(tmp_path, "bench_lstm")
+    rows = data["rows"]
+    assert {r["section"] for r in rows} == {"grid", "row", "latency"}
+    assert len([r for r in rows if r["section"] == "grid"]) == 2 * 2 * 2 * 2   # B x H x backends x modes
+    for r in rows:
+        assert "error" not in r, r
+        assert r["median_ms"] > 0 and r["tflops"] > 0
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch"] == 1.0
+    assert path.with_suffix(".png").is_file()
+
+
+def test_bench_train_and_sample_end_to_end(tmp_path):
+    dev = ["--device", "cuda" if GPU else "cpu", "--out", str(tmp_path), "--backends", "torch,reference"]
+    assert bench_train.main(["--rnn-size", "8", "--num-layers", "1", "--batch", "2", "--seq", "4",
+                             "--iters", "2", "--warmup-iters", "0", "--dtypes", "float32"] + dev) == 0
+    data, _ = _load(tmp_path, "bench_train")
+    assert [r["backend"] for r in data["rows"]] == ["torch", "reference"]
+    assert all(r["chars_per_s"] > 0 and "error" not in r for r in data["rows"])
+    # both backends start from the same seed and weights: the same first loss
+    assert data["rows"][0]["loss_first"] == pytest.approx(data["rows"][1]["loss_first"], rel=1e-4)
+    assert bench_sample.main(["--rnn-size", "8", "--num-layers", "1", "--batches", "1", "3",
+                              "--length", "3", "--reps", "1", "--dtypes", "float32"] + dev) == 0
+    data, _ = _load(tmp_path, "bench_sample")
+    names = {(r["backend"], r["batch"]) for r in data["rows"] if "error" not in r}
+    assert names == {(b, n) for b in ("plain-nn.LSTM", "torch", "reference") for n in (1, 3)}
+
+
+@pytest.mark.skipif(GPU, reason="checks the no-GPU behaviour; on a GPU the script runs for real")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_skips_cleanly_without_gpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable)
+    p = subprocess.run(["bash", str(common.ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    files = sorted(f.name for f in (tmp_path / "o").iterdir())
+    assert files == ["results.tar.gz", "summary.json", "summary.txt"]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    results = {s["step"]: s["result"] for s in summary["steps"]}
+    assert results.pop("env") == "pass"
+    assert results and all(r == "skipped: no GPU" for r in results.values()), results
+    assert "no GPU" in (tmp_path / "o" / "summary.txt").read_text()
