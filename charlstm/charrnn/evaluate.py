@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt_io
 from .data import describe_chars, load_corpus
-from .runtime import autocast, parse_dtype, resolve_device
+from .runtime import autocast, check_amp, parse_dtype, resolve_device
 
 __all__ = ["stream_loss", "evaluate", "format_result"]
 
@@ -94,7 +94,9 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike, 
         seq_length = int(ck.get("train_args", {}).get("seq_length", 50))
     if len(ids) < 2:
         raise ValueError(f"{corpus.source}: fewer than 2 in-vocabulary characters to score")
-    total, n = stream_loss(model, ids, batch_size, seq_length, dev, parse_dtype(dtype))
+    amp_dtype = parse_dtype(dtype)
+    check_amp(dev, amp_dtype)
+    total, n = stream_loss(model, ids, batch_size, seq_length, dev, amp_dtype)
     loss = total / n
     result = {"loss": loss, "bits_per_char": loss / math.log(2), "chars": n,
               "oov_chars": sum(missing.values()), "oov": missing, "checkpoint": str(path),

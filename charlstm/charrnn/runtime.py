@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["resolve_device", "parse_dtype", "autocast", "DTYPES"]
+__all__ = ["resolve_device", "parse_dtype", "check_amp", "autocast", "DTYPES"]
 
 DTYPES = {"float32": None, "fp32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -32,6 +32,14 @@ def parse_dtype(name: str) -> Optional[torch.dtype]:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"bad --dtype {name!r}: expected float32, bf16 or fp16") from None
+
+
+def check_amp(device: torch.device, dtype: Optional[torch.dtype]) -> None:
+    """Reduced-precision autocast is a CUDA feature here: torch's CPU LSTM under autocast fails
+    (oneDNN: "could not create a primitive descriptor", torch 2.13 CPU), so refuse it early."""
+    if dtype is not None and device.type != "cuda":
+        raise ValueError(f"--dtype {str(dtype).replace('torch.', '')} (autocast) needs a CUDA "
+                         f"device, got {device}; use --dtype float32 on the CPU")
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

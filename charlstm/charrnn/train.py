@@ -36,7 +36,7 @@ from . import checkpoint as ckpt_io
 from .data import DEFAULT_STDLIB_CAP, StreamBatcher, describe_chars, load_corpus, split
 from .evaluate import stream_loss
 from .model import CharRNN
-from .runtime import autocast, parse_dtype, resolve_device
+from .runtime import autocast, check_amp, parse_dtype, resolve_device
 
 __all__ = ["train", "TrainingDiverged", "TrainResult", "batch_loss", "RUN_ARGS"]
 
@@ -225,6 +225,7 @@ def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> T
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     amp_dtype = parse_dtype(a["dtype"])
+    check_amp(dev, amp_dtype)
     if a["optimizer"] not in ("adamw", "rmsprop"):
         raise ValueError(f"bad --optimizer {a['optimizer']!r}: expected adamw or rmsprop")
     for k in ("seq_length", "batch_size", "eval_val_every"):
