@@ -26,7 +26,8 @@
 # The summary and the archive are rewritten after every step, so an interrupted run still leaves
 # what it did.  Environment knobs: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 540:
 # total seconds; a step never gets more than what is left), GPU_CHECK_TIMEOUT_<STEP> (seconds,
-# e.g. GPU_CHECK_TIMEOUT_BUILD=300), GPU_CHECK_STEPS (space-separated subset to run).
+# e.g. GPU_CHECK_TIMEOUT_BUILD=300), GPU_CHECK_STEPS (space-separated subset to run),
+# GPU_CHECK_SANITIZER_ARGS (extra compute-sanitizer options).
 set -u -o pipefail
 
 if [ $# -ne 1 ]; then
@@ -115,7 +116,10 @@ sanitize() {
   need_gpu
   command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer not on PATH"; return 1; }
   [ -f scripts/cuda_sanitize_case.py ] || { echo "scripts/cuda_sanitize_case.py is missing"; return 1; }
-  compute-sanitizer --tool "$1" --error-exitcode 99 --print-limit 50 "$PY" scripts/cuda_sanitize_case.py
+  # GPU_CHECK_SANITIZER_ARGS: extra options, e.g. "--kernel-name kns=lstm" to check only our kernels
+  # shellcheck disable=SC2086
+  compute-sanitizer --tool "$1" --error-exitcode 99 --print-limit 50 ${GPU_CHECK_SANITIZER_ARGS:-} \
+    "$PY" scripts/cuda_sanitize_case.py
 }
 step_memcheck() { sanitize memcheck; }
 step_racecheck() { sanitize racecheck; }
@@ -143,8 +147,8 @@ export -f run_pytest step_env step_build step_pytest_cuda sanitize step_memcheck
 
 default_timeout() {
   case $1 in
-    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; memcheck) echo 75 ;;
-    racecheck) echo 75 ;; synccheck) echo 60 ;; bench) echo 150 ;; fixtures) echo 60 ;;
+    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; memcheck) echo 90 ;;
+    racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 150 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac
 }
