@@ -464,7 +464,8 @@ def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> T
                 chars_s = (it - it_last) * chars_per_it / max(now - t_last, 1e-9)
                 t_last, it_last = now, it
             if pbar is not None:
-                pbar.set_postfix_str(f"train loss {lval:.4f}, {chars_s:,.0f} chars/s, epoch "
+                rate = f"{chars_s:,.0f}" if chars_s else "-"
+                pbar.set_postfix_str(f"train loss {lval:.4f}, {rate} chars/s, epoch "
                                      f"{it / nb:.2f}", refresh=False)
                 pbar.update(1)
             elif it % max(1, a["print_every"]) == 0:
