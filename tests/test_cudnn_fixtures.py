@@ -3,7 +3,8 @@
 The fixtures hold, per case and dtype, the inputs, weights, initial states and upstream
 gradients, and ``torch.nn.LSTM``'s outputs, final states and every gradient (see
 ``tests/cudnn_fixtures/generate.py``).  Their ``metadata["source"]`` says whether they are cuDNN's
-or the CPU stand-in (torch's native CPU LSTM); every test id ends in that source, and each test
+or the CPU stand-in (torch's native CPU LSTM); every test id ends in that source (``cudnn``,
+``cpu-standin``, or ``cuda-native`` if torch ran without cuDNN for a dtype), and each test
 records it with ``record_property("fixture_source", ...)``.
 
 Two checks, against one float64 answer: ``charlstm.LSTM(backend="reference").double()`` run on
@@ -80,17 +81,19 @@ def load(dtype_name: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def _source_label() -> str:
-    """``cudnn`` or ``cpu-standin``, for test ids (read from metadata.json, cheap at collection)."""
+def _source_labels() -> dict:
+    """dtype -> ``cudnn`` / ``cpu-standin`` / ``cuda-native`` for the test ids (from metadata.json,
+    cheap at collection time)."""
     try:
         meta = json.loads((FIXTURE_DIR / "metadata.json").read_text())
     except (OSError, ValueError):
-        return "missing"
-    return "cudnn" if meta.get("source") == gen.SOURCE_CUDNN else "cpu-standin"
+        return {d: "missing" for d in gen.DTYPES}
+    sources = meta.get("sources") or {d: meta.get("source") for d in gen.DTYPES}
+    return {d: gen.SOURCES.get(sources.get(d), "unknown") for d in gen.DTYPES}
 
 
-SOURCE = _source_label()
-PARAMS = [pytest.param(d, c["name"], id=f"{d}-{c['name']}-{SOURCE}")
+SOURCE = _source_labels()
+PARAMS = [pytest.param(d, c["name"], id=f"{d}-{c['name']}-{SOURCE[d]}")
           for d in gen.DTYPES for c in gen.CASES]
 
 
@@ -149,8 +152,8 @@ def test_fixture_files_are_consistent():
         data = load(d)
         assert data["format"] == gen.FORMAT and data["dtype"] == d
         meta = data["metadata"]
-        assert meta["source"] in (gen.SOURCE_CUDNN, gen.SOURCE_CPU), meta["source"]
-        assert (meta["source"] == gen.SOURCE_CUDNN) == (meta["device"].startswith("cuda"))
+        assert meta["source"] in gen.SOURCES, meta["source"]
+        assert (meta["source"] == gen.SOURCE_CPU) == (meta["device"] == "cpu")
         assert list(data["cases"]) == [c["name"] for c in gen.CASES]
         failed = {k: v["error"] for k, v in data["cases"].items() if "error" in v}
         assert not failed, f"{meta['source']} failed on these {d} cases: {failed}"
@@ -176,7 +179,7 @@ def test_fixture_matches_float64_reference(dtype_name, case, record_property):
     errs = fixture_errors(dtype_name, case)
     bad = {k: f"err {e:.3g} > {FIXTURE_TOL_EPS * eps * scale(ref[k]):.3g}"
            for k, e in errs.items() if e > FIXTURE_TOL_EPS * eps * scale(ref[k])}
-    assert not bad, f"{SOURCE} fixture vs float64 reference ({dtype_name}, {case}): {bad}"
+    assert not bad, f"{SOURCE[dtype_name]} fixture vs float64 reference ({dtype_name}, {case}): {bad}"
 
 
 def _kernel_device(backend: str) -> torch.device:
@@ -215,7 +218,8 @@ def test_backend_within_2x_of_fixture_error(backend, dtype_name, case, record_pr
     module = gen.build_lstm(c["config"], charlstm.LSTM, backend=backend).to(device=device, dtype=dtype)
     got = flatten(*gen.run_case(module, c["config"], c["inputs"], device, dtype))
     bad = check_within_2x(got, reference64(dtype_name, case), fixture_errors(dtype_name, case), dtype)
-    assert not bad, f"{backend} vs float64 reference, bound from the {SOURCE} fixture: {bad}"
+    assert not bad, (f"{backend} vs float64 reference, bound from the {SOURCE[dtype_name]} "
+                     f"fixture: {bad}")
 
 
 def test_checks_catch_a_wrong_gate_order():

@@ -25,7 +25,9 @@ device.  TF32 is switched off while generating so the float32 fixtures are true 
 
 Files: ``lstm_<dtype>.pt`` (``torch.load(..., weights_only=True)`` loads them) and
 ``metadata.json`` (the same metadata, readable).  ``metadata["source"]`` says where the numbers came
-from: ``"cudnn"`` or ``"torch-cpu (stand-in for cuDNN)"``.
+from: ``"cudnn"``, ``"torch-cpu (stand-in for cuDNN)"``, or -- should torch not call cuDNN for a
+dtype on the GPU, which the generator checks with the profiler -- ``"torch-cuda without cuDNN
+..."`` (``metadata.json["sources"]`` has it per dtype).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ FORMAT = 1
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_CUDNN = "cudnn"
 SOURCE_CPU = "torch-cpu (stand-in for cuDNN)"
+SOURCE_CUDA_NATIVE = "torch-cuda without cuDNN (cuDNN did not run for this dtype)"
+SOURCES = {SOURCE_CUDNN: "cudnn", SOURCE_CPU: "cpu-standin", SOURCE_CUDA_NATIVE: "cuda-native"}
 
 #: The case list.  Shapes are small on purpose (H <= 48, B <= 4): the files stay well under
 #: 5 MB and the Triton interpreter can run every case on a CPU.
@@ -159,13 +163,29 @@ def run_case(module: torch.nn.Module, cfg: dict, inputs: dict, device: torch.dev
     return outputs, g
 
 
+def cudnn_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch.nn.LSTM really calls cuDNN for ``dtype`` here (seen in the profiler).
+
+    torch falls back to its native CUDA LSTM when cuDNN refuses a dtype; such fixtures must not
+    be labelled cuDNN's.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    m = torch.nn.LSTM(8, 8).to(device=device, dtype=dtype)
+    x = torch.randn(3, 2, 8, device=device, dtype=dtype)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        m(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return any("cudnn_rnn" in e.key for e in prof.key_averages())
+
+
 def metadata(device: torch.device) -> dict:
     """Source label plus the environment record of :func:`benchmarks.common.environment`."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from benchmarks.common import environment
     env = environment(device)
-    env["source"] = SOURCE_CUDNN if device.type == "cuda" else SOURCE_CPU
+    env["source"] = SOURCE_CUDNN if device.type == "cuda" else SOURCE_CPU   # per dtype: see generate
     env["cudnn_enabled"] = bool(torch.backends.cudnn.enabled) if device.type == "cuda" else False
     env["tf32"] = False
     env["format"] = FORMAT
@@ -184,10 +204,14 @@ def generate(device: torch.device, out_dir: Path) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     meta = metadata(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files, failures = {}, []
+    files, failures, sources = {}, [], {}
     for dtype_name in DTYPES:
         dtype = getattr(torch, dtype_name)
         cases = {}
+        source = meta["source"]
+        if device.type == "cuda" and not cudnn_runs(device, dtype):
+            source = SOURCE_CUDA_NATIVE
+        sources[dtype_name] = source
         for seed, case in enumerate(CASES):
             cfg = case_config(case)
             inputs = make_inputs(cfg, seed=1000 + seed, dtype=dtype)
@@ -202,9 +226,13 @@ def generate(device: torch.device, out_dir: Path) -> dict:
                 print(f"error: {dtype_name}/{cfg['name']}: {entry['error']}", file=sys.stderr)
             cases[cfg["name"]] = entry
         path = out_dir / f"lstm_{dtype_name}.pt"
-        torch.save({"format": FORMAT, "dtype": dtype_name, "metadata": meta, "cases": cases}, path)
+        torch.save({"format": FORMAT, "dtype": dtype_name, "metadata": dict(meta, source=source),
+                    "cases": cases}, path)
         files[path.name] = path.stat().st_size
-    meta = dict(meta, files=files, cases=[c["name"] for c in CASES], failures=failures)
+    meta = dict(meta, files=files, cases=[c["name"] for c in CASES], failures=failures,
+                sources=sources)
+    if len(set(sources.values())) > 1:
+        meta["source"] = "mixed (see sources)"
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
