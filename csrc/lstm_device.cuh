@@ -21,7 +21,11 @@
 
 namespace charlstm {
 
-constexpr int kThreads = 256;            // threads per block, all kernels
+#ifndef CHARLSTM_BLOCK_THREADS
+#define CHARLSTM_BLOCK_THREADS 256  // the host emulator (csrc/emu) may build with fewer
+#endif
+constexpr int kThreads = CHARLSTM_BLOCK_THREADS;  // threads per block, all kernels
+static_assert(kThreads % 32 == 0, "whole warps only");
 constexpr int kWarps = kThreads / 32;
 constexpr int kNB = 4;                   // batch rows per warp item (register tile)
 

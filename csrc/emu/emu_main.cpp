@@ -29,8 +29,12 @@ using namespace charlstm;
 namespace {
 
 // ------------------------------------------------------------------ launching
-void launch(dim3 grid, size_t smem_bytes, bool concurrent,
-            const std::function<void(unsigned char*)>& body) {
+// Runs body(i, smem) for i = 0 .. nsteps-1.  nsteps == 1: one launch with all blocks running
+// at once (as a cooperative launch guarantees; the persistent kernels need it).  nsteps > 1:
+// a host loop of nsteps launches, each running its blocks one after another (a valid GPU
+// schedule too, and the cheapest to emulate).
+void launch(dim3 grid, size_t smem_bytes, int nsteps,
+            const std::function<void(int, unsigned char*)>& body) {
   const int nblocks = (int)(grid.x * grid.y);
   std::vector<std::unique_ptr<emu::Block>> blocks;
   std::vector<std::vector<double>> smem;
@@ -38,26 +42,28 @@ void launch(dim3 grid, size_t smem_bytes, bool concurrent,
     blocks.emplace_back(new emu::Block(kThreads));
     smem.emplace_back(smem_bytes / sizeof(double) + 2, std::numeric_limits<double>::quiet_NaN());
   }
-  auto run_block = [&](int b, std::vector<std::thread>& threads) {
+  auto start_block = [&](int b, int i, std::vector<std::thread>& threads) {
     for (int tid = 0; tid < kThreads; ++tid) {
-      threads.emplace_back([&, b, tid] {
+      threads.emplace_back([&, b, i, tid] {
         threadIdx = make_uint3(tid, 0, 0);
         blockIdx = make_uint3(b % grid.x, b / grid.x, 0);
         blockDim = dim3(kThreads);
         gridDim = grid;
         emu::block = blocks[b].get();
-        body(reinterpret_cast<unsigned char*>(smem[b].data()));
+        body(i, reinterpret_cast<unsigned char*>(smem[b].data()));
       });
     }
   };
-  if (concurrent) {  // persistent: every block resident at once (cooperative launch)
+  if (nsteps == 1) {
     std::vector<std::thread> threads;
-    for (int b = 0; b < nblocks; ++b) run_block(b, threads);
+    for (int b = 0; b < nblocks; ++b) start_block(b, 0, threads);
     for (auto& t : threads) t.join();
-  } else {
+    return;
+  }
+  for (int i = 0; i < nsteps; ++i) {
     for (int b = 0; b < nblocks; ++b) {
       std::vector<std::thread> threads;
-      run_block(b, threads);
+      start_block(b, i, threads);
       for (auto& t : threads) t.join();
     }
   }
@@ -235,11 +241,11 @@ int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int 
                   units, bb);
       counter = 0;
       if (dir == 0)
-        launch(dim3(blocks), wbytes + bb * rowbytes, true, [&](unsigned char* sm) {
+        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
           fwd_persistent_body<T>(fp, units, (int)bb, (unsigned)wbytes, sm);
         });
       else
-        launch(dim3(blocks), wbytes + bb * rowbytes, true, [&](unsigned char* sm) {
+        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
           bwd_persistent_body<T>(bp, units, (int)bb, (unsigned)wbytes, sm);
         });
     }
@@ -248,12 +254,11 @@ int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int 
     dim3 grid((H + units - 1) / units, (B + rows - 1) / rows);
     std::printf("stepwise: grid %u x %u, units %d rows %d stage_rows %d\n", grid.x, grid.y, units,
                 rows, stage);
-    for (int t = 0; t < Tn; ++t)
-      launch(grid, (size_t)stage * H * sizeof(T), false,
-             [&](unsigned char* sm) { fwd_step_body<T>(fp, t, units, rows, stage, sm); });
-    for (int s = Tn - 1; s >= -1; --s)
-      launch(grid, (size_t)stage * G * sizeof(float), false,
-             [&](unsigned char* sm) { bwd_step_body<T>(bp, s, units, rows, stage, sm); });
+    launch(grid, (size_t)stage * H * sizeof(T), Tn,
+           [&](int t, unsigned char* sm) { fwd_step_body<T>(fp, t, units, rows, stage, sm); });
+    launch(grid, (size_t)stage * G * sizeof(float), Tn + 1, [&](int i, unsigned char* sm) {
+      bwd_step_body<T>(bp, Tn - 1 - i, units, rows, stage, sm);
+    });
   }
 
   Ref r = reference<T>(Tn, B, H, x, w, h0, c0, packed ? &lengths : nullptr, dhs, dhT, dcT);

@@ -21,8 +21,9 @@
 
 namespace emu {
 struct Warp {
-  float slot[32];
+  float slot[2][32];  // double-buffered by shuffle parity: one barrier per shuffle suffices
   std::barrier<> bar{32};
+  unsigned parity[32] = {};  // per lane (each lane only touches its own entry)
 };
 struct Block {
   explicit Block(int nthreads) : bar(nthreads) {
@@ -41,14 +42,16 @@ inline thread_local dim3 gridDim;
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
 
+// Lane A writes slot[p][A] again only two shuffles later, after a barrier that every lane
+// reaches only once it has read slot[p] of this shuffle.
 inline float __shfl_xor_sync(unsigned /*mask*/, float v, int off) {
   emu::Warp& w = *emu::block->warps[threadIdx.x / 32];
   const unsigned lane = threadIdx.x % 32;
-  w.slot[lane] = v;
+  const unsigned p = w.parity[lane];
+  w.parity[lane] = p ^ 1u;
+  w.slot[p][lane] = v;
   w.bar.arrive_and_wait();
-  const float r = w.slot[lane ^ (unsigned)off];
-  w.bar.arrive_and_wait();
-  return r;
+  return w.slot[p][lane ^ (unsigned)off];
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
