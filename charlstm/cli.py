@@ -80,11 +80,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--argmax", action="store_true", help="always take the likeliest character")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (a batch)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default=None, choices=BACKENDS,
-                   help="override the checkpoint's backend")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="charlstm.LSTM backend (whatever trained the checkpoint)")
 
 
 def _add_eval(sub) -> None:
+    from .charrnn.data import DEFAULT_STDLIB_CAP
     p = sub.add_parser("eval", help="cross-entropy of a checkpoint on a text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
@@ -95,7 +96,9 @@ def _add_eval(sub) -> None:
                    help="chunk length (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"))
-    p.add_argument("--backend", default=None, choices=BACKENDS)
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--stdlib-cap", type=int, default=DEFAULT_STDLIB_CAP,
+                   help="size cap in bytes of the bundled corpus (without --data)")
     p.add_argument("--json", dest="json_output", action="store_true",
                    help="print one JSON object instead of the text report")
 

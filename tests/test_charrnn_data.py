@@ -1,5 +1,4 @@
 """charlstm.charrnn.data: vocabulary, Unicode, cached encoding, corpora, splits, stream batches."""
-import os
 import tempfile
 from pathlib import Path
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint as ckpt_io
-from .data import describe_chars, load_corpus
+from .data import DEFAULT_STDLIB_CAP, describe_chars, load_corpus
 from .runtime import autocast, check_amp, parse_dtype, resolve_device
 
 __all__ = ["stream_loss", "evaluate", "format_result"]
@@ -71,14 +71,16 @@ def format_result(r: dict) -> str:
 
 def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike, None] = None, *,
              batch_size: int = 50, seq_length: Optional[int] = None, device: str = "auto",
-             dtype: str = "float32", backend: Optional[str] = None, json_output: bool = False,
-             out: Optional[TextIO] = None) -> dict:
+             dtype: str = "float32", backend: Optional[str] = "auto", json_output: bool = False,
+             stdlib_cap: int = DEFAULT_STDLIB_CAP, out: Optional[TextIO] = None) -> dict:
     """Mean next-character cross-entropy of a checkpoint's model on a text.
 
-    ``data``: a file or directory (None: the bundled corpus).  Characters not in the
-    checkpoint's vocabulary are removed before scoring, counted and reported (not an error).
+    ``data``: a file or directory (None: the bundled corpus, capped at ``stdlib_cap`` bytes).
+    Characters not in the checkpoint's vocabulary are removed before scoring, counted and
+    reported (not an error).  ``backend``: ``auto`` whatever trained the checkpoint (None: the
+    one saved in it).
     Returns ``{"loss", "bits_per_char", "chars", "oov_chars", "oov", "checkpoint", "data"}``;
-    writes a report to ``out`` (default: stdout; pass ``False``-y ``io.StringIO`` to capture)
+    writes a report to ``out`` (default: stdout; e.g. an ``io.StringIO`` to capture it)
     whose last line is :func:`format_result` (with ``json_output``: one JSON line instead).
     """
     out = sys.stdout if out is None else out
@@ -86,7 +88,7 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike, 
     model, vocab = ckpt_io.build_model(ck, path, backend=backend)
     dev = resolve_device(device)
     model.to(dev)
-    corpus = load_corpus(data)
+    corpus = load_corpus(data, stdlib_cap=stdlib_cap)
     ids, missing = corpus.vocab.remap(corpus.ids, vocab)
     if missing:
         ids = ids[ids >= 0]

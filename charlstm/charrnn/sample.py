@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable, Optional, TextIO, Union
 
 import torch
@@ -70,7 +69,7 @@ def generate(model, prime_ids: Optional[Tensor], length: int, *, num_samples: in
 
 def sample(checkpoint: Union[str, os.PathLike], *, length: int = 2000, temperature: float = 1.0,
            top_k: Optional[int] = None, prime: str = "", seed: int = 123, argmax: bool = False,
-           num_samples: int = 1, device: str = "auto", backend: Optional[str] = None,
+           num_samples: int = 1, device: str = "auto", backend: Optional[str] = "auto",
            stream: Optional[TextIO] = None) -> list[str]:
     """Generate ``num_samples`` independent texts of ``length`` characters after ``prime``.
 
@@ -78,7 +77,8 @@ def sample(checkpoint: Union[str, os.PathLike], *, length: int = 2000, temperatu
     ``sys.stdout``) the prime and then the characters are written as they are made when
     ``num_samples == 1``; several samples are each written whole, after a header line
     ``--- sample k ---``.  Characters of ``prime`` missing from the vocabulary raise a
-    ValueError naming them.  ``temperature == 0`` is ``argmax``.
+    ValueError naming them.  ``temperature == 0`` is ``argmax``.  ``backend`` defaults to
+    ``auto`` whatever backend trained the checkpoint (None: the one saved in it).
     """
     if length < 0 or num_samples < 1:
         raise ValueError(f"length must be >= 0 and num_samples >= 1, got {length}, {num_samples}")
