@@ -20,16 +20,43 @@
 #include <cuda_bf16.h>
 
 namespace emu {
+#if defined(EMU_SPIN_BARRIER)
+// A barrier made only of acquire/release atomics.  std::barrier waits through libstdc++'s
+// global waiter pool, whose shared mutexes add happens-before edges between unrelated threads
+// and hide races from ThreadSanitizer; build with -DEMU_SPIN_BARRIER -fsanitize=thread to
+// check that the grid barrier protocol alone orders the exchange (slow: minutes).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void arrive_and_wait() {
+    const unsigned gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+    } else {
+      while (gen_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<unsigned> gen_{0};
+};
+#else
+using Barrier = std::barrier<>;
+#endif
+
 struct Warp {
   float slot[2][32];  // double-buffered by shuffle parity: one barrier per shuffle suffices
-  std::barrier<> bar{32};
+  Barrier bar{32};
   unsigned parity[32] = {};  // per lane (each lane only touches its own entry)
 };
 struct Block {
   explicit Block(int nthreads) : bar(nthreads) {
     for (int w = 0; w < nthreads / 32; ++w) warps.emplace_back(new Warp());
   }
-  std::barrier<> bar;
+  Barrier bar;
   std::vector<std::unique_ptr<Warp>> warps;
 };
 inline thread_local Block* block = nullptr;
