@@ -264,7 +264,7 @@ def main(argv=None) -> int:
               f"L={cfg['layers']} {cfg['dtype']}: {' '.join(done)}", flush=True)
 
     name = common.result_name("bench_lstm", env, args.tag or ("quick" if args.quick else None))
-    notes = common.cpu_notes(device) + [f"skipped {k}: {v}" for k, v in skipped_all.items()]
+    notes = common.cpu_notes(device, env) + [f"skipped {k}: {v}" for k, v in skipped_all.items()]
     config = {"grid": grid if run_grid else None, "rows": args.row, "latency": lat,
               "modes": args.modes, "warmup": warmup, "reps": reps, "backends": args.backends,
               "input_size": "= hidden", "bidirectional": False,

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     reps = args.reps or (5 if gpu else 3)
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if gpu else ["float32"])
     env = common.environment(device)
-    rows, notes = [], common.cpu_notes(device)
+    rows, notes = [], []
     for dname in dtypes:
         dtype = common.parse_dtype(dname)
         names, skipped = common.select_backends(args.backends, device, dtype)
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     config = dict(vars(args), length=length, reps=reps, dtypes=dtypes,
                   loop="CharRNN([B,1], state) -> softmax -> multinomial, per step",
                   baseline="nn.Embedding + torch.nn.LSTM + nn.Linear with the same weights")
+    notes = common.cpu_notes(device, env) + notes
     out = common.default_out_dir(args.out)
     paths = common.write_results(out, common.result_name("bench_sample", env, args.tag), env, config,
                                  rows, COLUMNS, title="char-rnn sampling throughput", notes=notes)

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if gpu else ["float32"])
     tokens, vocab, source = common.corpus_tokens()
     env = common.environment(device)
-    rows, notes = [], common.cpu_notes(device) + [f"text: {source}"]
+    rows, notes = [], [f"text: {source}"]
     for dname in dtypes:
         dtype = common.parse_dtype(dname)
         names, skipped = common.select_backends(args.backends, device, dtype)
@@ -127,6 +127,7 @@ def main(argv=None) -> int:
             del model, fn
     config = dict(vars(args), text=source, vocab=vocab,
                   step="CharRNN fwd + CE + backward + clamp(5) + RMSprop(2e-3, 0.95)")
+    notes = common.cpu_notes(device, env) + notes
     out = common.default_out_dir(args.out)
     paths = common.write_results(out, common.result_name("bench_train", env, args.tag), env, config,
                                  rows, COLUMNS, title="char-rnn training throughput", notes=notes)

@@ -287,7 +287,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def environment_markdown(env: dict) -> str:
     keys = ["date_utc", "device_name", "device_kind", "driver", "torch", "cuda", "cudnn", "triton",
-            "triton_interpret", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m"]
+            "triton_interpret", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m",
+            "loadavg_1m_end"]
     return "\n".join(f"- {k}: {fmt(env.get(k))}" for k in keys)
 
 
@@ -379,16 +380,24 @@ def result_name(script: str, env: dict, tag: Optional[str]) -> str:
     return f"{script}-{env['device_kind']}" + (f"-{tag}" if tag else "")
 
 
-def cpu_notes(device) -> list:
-    """Warnings that belong next to the numbers: a CPU run, a busy machine."""
+def cpu_notes(device, env: Optional[dict] = None) -> list:
+    """Warnings that belong next to the numbers: a CPU run, a busy machine.
+
+    Call it at the end of a run with the ``environment`` taken at its start: the load average is
+    compared at both ends (and stored in ``env["loadavg_1m_end"]``).
+    """
     notes = []
     if device.type == "cpu":
         notes.append("Measured on a CPU: these are not GPU numbers; they only show that the script "
                      "runs and how the backends compare on this CPU.")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > (os.cpu_count() or 1):
-        notes.append(f"The machine was busy (1-minute load average {load:.0f} on {os.cpu_count()} "
-                     f"cores when the run started): these timings are unreliable.")
+    end = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
+    start = (env or {}).get("loadavg_1m") or 0.0
+    if env is not None:
+        env["loadavg_1m_end"] = end
+    cores = os.cpu_count() or 1
+    if max(start, end) > cores:
+        notes.append(f"The machine was busy (1-minute load average {start:.0f} at the start, "
+                     f"{end:.0f} at the end, on {cores} cores): these timings are unreliable.")
     return notes
 
 
