@@ -102,9 +102,14 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
     torch_ms = {}
     for name in common.backend_variants(backends):
         backend, _ = common.split_variant(name)
-        model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend,
-                              device=device, dtype=dtype)
-        model.load_state_dict(state)
+        try:
+            model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend,
+                                  device=device, dtype=dtype)
+            model.load_state_dict(state)
+        except (RuntimeError, *common_errors()) as e:
+            rows += [dict(cfg, section=section, backend=name, mode=m,
+                          error=f"setup: {type(e).__name__}: {e}"[:200]) for m in modes]
+            continue
         xg = x.detach().requires_grad_(True)
         for mode in modes:
             if mode == "fwd":
@@ -122,7 +127,7 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
                     path = common.ran_path(name)
                 if path:
                     row["ran_path"] = path
-            except (RuntimeError, common_errors()) as e:
+            except (RuntimeError, *common_errors()) as e:
                 row["error"] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)
                 if device.type == "cuda":
