@@ -129,6 +129,14 @@ step_bench() {
   need_gpu
   "$PY" benchmarks/bench_lstm.py --quick --row 16,1024,768,bfloat16 --latency \
     --out "$RES/bench" --tag gpu-check
+  local rc=$?
+  "$PY" - "$RES/bench" > "$RES/logs/$STEP.note" <<'EOF'
+import glob, json, sys
+rows = [r for f in glob.glob(sys.argv[1] + "/*.json") for r in json.load(open(f))["rows"]]
+errs = [r for r in rows if "error" in r]
+print(f"{len(rows)} rows, {len(errs)} with errors" + (f" (first: {errs[0]['backend']})" if errs else ""))
+EOF
+  return $rc
 }
 
 step_fixtures() {
