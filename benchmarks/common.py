@@ -163,9 +163,25 @@ def environment(device) -> dict:
         env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader",
                               f"--id={idx}"])
-        env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        env.update(tf32_settings())
     return env
+
+
+def tf32_settings() -> dict:
+    """TF32 state of cuDNN's RNN and of matmuls: the new per-operator ``fp32_precision`` settings
+    (torch >= 2.9) where they exist, else the legacy ``allow_tf32`` flags.  Never raises (torch
+    refuses to read the legacy flag after a mix of old and new settings)."""
+    import torch
+    out = {}
+    for key, get in (("cudnn_rnn_fp32_precision", lambda: torch.backends.cudnn.rnn.fp32_precision),
+                     ("matmul_fp32_precision", lambda: torch.backends.cuda.matmul.fp32_precision),
+                     ("cudnn_allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+                     ("matmul_allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32)):
+        try:
+            out[key] = get()
+        except Exception:  # noqa: BLE001
+            out[key] = None
+    return out
 
 
 # ----------------------------------------------------------------------------- timing

@@ -163,6 +163,20 @@ def run_case(module: torch.nn.Module, cfg: dict, inputs: dict, device: torch.dev
     return outputs, g
 
 
+def disable_tf32() -> None:
+    """True float32 in cuDNN's RNN and in matmuls.  torch >= 2.9 has per-operator
+    ``fp32_precision`` settings and refuses a mix of them with the legacy ``allow_tf32`` flags, so
+    use the new ones where they exist (conv too, to keep cuDNN's flags consistent)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "rnn") and hasattr(cudnn.rnn, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        cudnn.rnn.fp32_precision = "ieee"
+        cudnn.conv.fp32_precision = "ieee"
+        matmul.fp32_precision = "ieee"
+    else:
+        cudnn.allow_tf32 = False
+        matmul.allow_tf32 = False
+
+
 def cudnn_runs(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether torch.nn.LSTM really calls cuDNN for ``dtype`` here (seen in the profiler).
 
@@ -200,8 +214,7 @@ def generate(device: torch.device, out_dir: Path) -> dict:
         if not torch.backends.cudnn.is_available():
             raise SystemExit("generate.py: cuDNN is not available in this torch build")
         torch.backends.cudnn.enabled = True
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    disable_tf32()
     meta = metadata(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, failures, sources = {}, [], {}
