@@ -39,8 +39,9 @@ int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
     return CHARLSTM_ERR_ARGS;
   }
   if (path != CHARLSTM_PATH_AUTO && path != CHARLSTM_PATH_PERSISTENT &&
-      path != CHARLSTM_PATH_STEPWISE) {
-    set_error("%s: unknown path code %d (expected 0 auto, 1 persistent, 2 stepwise)", who, path);
+      path != CHARLSTM_PATH_STEPWISE && path != CHARLSTM_PATH_PERSISTENT_TC) {
+    set_error("%s: unknown path code %d (expected 0 auto, 1 persistent, 2 stepwise, "
+              "3 persistent_tc)", who, path);
     return CHARLSTM_ERR_ARGS;
   }
   if ((long long)H * 4 * H > 0x7fffffffLL) {
@@ -51,7 +52,7 @@ int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
 }
 
 int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
-                    PersistentPlan* plan) {
+                    bool tc, PersistentPlan* plan) {
   plan->ok = false;
   plan->why[0] = '\0';
   int dev = 0, sms = 0, smem_optin = 0, coop = 0;
@@ -69,6 +70,18 @@ int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t
   const int units = (H + sms - 1) / sms;  // fewest units per block that cover H with <= sms blocks
   const int blocks = (H + units - 1) / units;
   const size_t wbytes = ((size_t)4 * units * H * elem + 15) & ~(size_t)15;
+  if (tc) {  // fixed layout: padded W tile, 16 staged rows, K-split partial sums
+    const size_t need = tc_layout(H, units, elem).total();
+    if (need > (size_t)smem_optin) {
+      std::snprintf(plan->why, sizeof(plan->why),
+                    "the tensor-core layout needs %zu bytes of shared memory per block (%d units "
+                    "of H=%d on %d SMs), more than the %d available",
+                    need, units, H, sms, smem_optin);
+      return CHARLSTM_OK;
+    }
+    rowbytes = need - wbytes;  // so that wbytes + bb * rowbytes == need with bb = 1 below
+    B = 1;
+  }
   if (wbytes + rowbytes > (size_t)smem_optin) {
     std::snprintf(plan->why, sizeof(plan->why),
                   "the W_hh slice of %zu bytes per block (%d units of H=%d on %d SMs) plus one "

@@ -38,8 +38,10 @@ struct PersistentPlan {
 // bytes and whose staged batch row has `rowbytes` bytes, for a sequence of T steps.  Checks
 // shared memory, cooperative-launch support and co-residency (occupancy API), and sets the
 // kernel's dynamic shared memory attribute.  Returns CHARLSTM_OK or CHARLSTM_ERR_CUDA.
+// tc: the tensor-core forward kernel, whose shared memory is tc_layout(H, units).total()
+// (rowbytes and B are then ignored).
 int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
-                    PersistentPlan* plan);
+                    bool tc, PersistentPlan* plan);
 
 // Stepwise launch plan: grid (ceil(H/units), ceil(B/rows)); each block stages `stage_rows`
 // rows of `rowbytes` bytes in `smem` bytes of shared memory (stage_rows == 0: no staging,

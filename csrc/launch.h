@@ -20,11 +20,18 @@ extern "C" {
 enum charlstm_dtype { CHARLSTM_FLOAT32 = 0, CHARLSTM_FLOAT16 = 1, CHARLSTM_BFLOAT16 = 2 };
 
 /* Which implementation runs the recurrence.
- * PERSISTENT: one cooperative launch for the whole sequence, W_hh slices in shared memory,
- *             one grid-wide flag barrier per step.
- * STEPWISE:   one fused (matmul + cell) launch per step from a host loop; W_hh read from L2.
- * AUTO:       PERSISTENT when its grid fits on the device at once, else STEPWISE. */
-enum charlstm_path { CHARLSTM_PATH_AUTO = 0, CHARLSTM_PATH_PERSISTENT = 1, CHARLSTM_PATH_STEPWISE = 2 };
+ * PERSISTENT:    one cooperative launch for the whole sequence, W_hh slices in shared memory,
+ *                one grid-wide flag barrier per step; float32 FMA matmul.
+ * STEPWISE:      one fused (matmul + cell) launch per step from a host loop; W_hh read from L2.
+ * PERSISTENT_TC: PERSISTENT with the forward matmul on tensor cores (WMMA) for float16 and
+ *                bfloat16; float32 and the backward run PERSISTENT.  Opt-in only.
+ * AUTO:          PERSISTENT when its grid fits on the device at once, else STEPWISE. */
+enum charlstm_path {
+  CHARLSTM_PATH_AUTO = 0,
+  CHARLSTM_PATH_PERSISTENT = 1,
+  CHARLSTM_PATH_STEPWISE = 2,
+  CHARLSTM_PATH_PERSISTENT_TC = 3
+};
 
 /* Return codes of the launchers; charlstm_last_error() has the sentence. */
 enum charlstm_status {

@@ -56,10 +56,11 @@ static int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int pat
   p.H = a->H;
   const size_t rowbytes = (size_t)4 * a->H * sizeof(float);  // one staged row of dz
 
+  if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // FMA backward
   if (path != CHARLSTM_PATH_STEPWISE) {
     const void* kernel = reinterpret_cast<const void*>(&bwd_persistent_kernel<T>);
     PersistentPlan pl;
-    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, &pl);
+    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, false, &pl);
     if (st != CHARLSTM_OK) return st;
     if (pl.ok) {
       cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);

@@ -18,6 +18,9 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#if defined(__CUDACC__)
+#include <mma.h>  // WMMA (tensor cores); the host emulator's shim provides its own
+#endif
 
 namespace charlstm {
 
@@ -449,6 +452,107 @@ __device__ __forceinline__ void bwd_step_body(const BwdParams<T>& p, int s, int 
   float* zsm = stage_rows > 0 ? reinterpret_cast<float*>(smem) : nullptr;
   bwd_block_step<T, false>(p, s, p.wt + (long long)j0 * 4 * H, j0, nu, b0, b1,
                            stage_rows > 0 ? stage_rows : rows, zsm);
+}
+
+// ---------------------------------------------------------------- tensor-core forward
+// Forward of the persistent path with the matmul on tensor cores (WMMA m16n16k16, float16 or
+// bfloat16 inputs, float32 accumulation); selected with path "persistent_tc".  Everything but
+// the matmul is the FMA path's code (fwd_cell).  Shared memory of a block:
+//   W tile   [Mpad x Kpad] of T, row m = g*units + u (gate g, local unit u), zero-padded
+//   h tile   [16 x Kpad] of T: 16 batch rows of h[t-1], zero-padded
+//   Z        [nsplit][Mpad x 16] float: partial sums of z, one slab per K slice
+// Mpad = 4*units rounded up to 16, Kpad = H rounded up to 16; every region starts at a multiple
+// of 32 bytes and every leading dimension is a multiple of 16 elements, as WMMA requires.
+// Warps take (M tile, K slice) pairs; the cell update sums the nsplit slabs in a fixed order,
+// so the result is deterministic.
+struct TcLayout {
+  int mpad, kpad, mtiles, ktiles, nsplit;
+  size_t w_bytes, h_bytes, z_bytes;
+  __host__ __device__ size_t total() const { return w_bytes + h_bytes + z_bytes; }
+};
+
+__host__ __device__ inline TcLayout tc_layout(int H, int units, size_t elem) {
+  TcLayout L;
+  L.mpad = (4 * units + 15) / 16 * 16;
+  L.kpad = (H + 15) / 16 * 16;
+  L.mtiles = L.mpad / 16;
+  L.ktiles = L.kpad / 16;
+  int ns = kWarps / L.mtiles;
+  if (ns < 1) ns = 1;
+  if (ns > L.ktiles) ns = L.ktiles;
+  L.nsplit = ns;
+  L.w_bytes = (size_t)L.mpad * L.kpad * elem;
+  L.h_bytes = (size_t)16 * L.kpad * elem;
+  L.z_bytes = (size_t)L.nsplit * L.mpad * 16 * sizeof(float);
+  return L;
+}
+
+template <typename T>
+__device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, int units,
+                                                       unsigned char* smem) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  const int H = p.H, B = p.B;
+  const TcLayout L = tc_layout(H, units, sizeof(T));
+  T* wt = reinterpret_cast<T*>(smem);
+  T* ht = reinterpret_cast<T*>(smem + L.w_bytes);
+  float* zs = reinterpret_cast<float*>(smem + L.w_bytes + L.h_bytes);
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const T zero = from_f<T>(0.0f);
+  for (long long e = threadIdx.x; e < (long long)L.mpad * L.kpad; e += blockDim.x) {
+    const int m = (int)(e / L.kpad), k = (int)(e % L.kpad);
+    const int g = m / units, u = m % units;
+    wt[e] = (g < 4 && u < nu && k < H) ? p.w[((long long)g * H + j0 + u) * H + k] : zero;
+  }
+  const int warp = threadIdx.x >> 5;
+  for (int t = 0; t < p.Tn; ++t) {
+    const T* hsrc = (t == 0) ? p.h0 : p.hbuf + (long long)(t & 1) * B * H;
+    T* hdst = p.hbuf + (long long)((t + 1) & 1) * B * H;
+    for (int bc = 0; bc < B; bc += 16) {
+      const int nb = min(16, B - bc);
+      __syncthreads();  // W tile written (first pass); previous chunk done with ht and zs
+      for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
+        const int r = e / L.kpad, k = e % L.kpad;
+        ht[e] = (r < nb && k < H) ? ld_cg(hsrc + (long long)(bc + r) * H + k) : zero;
+      }
+      __syncthreads();
+      for (int task = warp; task < L.mtiles * L.nsplit; task += kWarps) {  // warp-uniform
+        const int mt = task % L.mtiles, sp = task / L.mtiles;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int kt = sp; kt < L.ktiles; kt += L.nsplit) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+          wmma::load_matrix_sync(a, wt + (size_t)mt * 16 * L.kpad + kt * 16, L.kpad);
+          wmma::load_matrix_sync(b, ht + kt * 16, L.kpad);  // B(k, n) = h[n][k]
+          wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(zs + ((size_t)sp * L.mpad + mt * 16) * 16, acc, 16,
+                                wmma::mem_row_major);
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
+        const int u = idx % nu, q = idx / nu;
+        float z[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+          float sum = 0.0f;
+          for (int sp = 0; sp < L.nsplit; ++sp)
+            sum += zs[((size_t)sp * L.mpad + g * units + u) * 16 + q];
+          z[g] = sum;
+        }
+        fwd_cell<T>(p, t, bc + q, j0 + u, z[0], z[1], z[2], z[3], ht[q * L.kpad + j0 + u], hdst);
+      }
+    }
+    if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
+  }
+#else
+  (void)p;
+  (void)units;
+  (void)smem;
+  __trap();  // not compiled for this architecture (needs sm_80); the host never launches it
+#endif
 }
 
 }  // namespace charlstm

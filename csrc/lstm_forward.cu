@@ -13,6 +13,8 @@
 //   that same thread wrote.
 // Stepwise path (fallback): the same fused step, one launch per t from a host loop; W_hh rows are
 //   read from global memory/L2; kernel boundaries order the steps.  Capturable in a CUDA graph.
+#include <type_traits>
+
 #include "host_common.cuh"
 #include "launch.h"
 #include "lstm_device.cuh"
@@ -31,6 +33,36 @@ __global__ void __launch_bounds__(kThreads)
     fwd_step_kernel(FwdParams<T> p, int t, int units, int rows, int stage_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
   fwd_step_body<T>(p, t, units, rows, stage_rows, smem);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fwd_persistent_tc_kernel(FwdParams<T> p, int units) {
+  extern __shared__ __align__(128) unsigned char smem_tc[];
+  fwd_persistent_tc_body<T>(p, units, smem_tc);
+}
+
+// Launch the tensor-core persistent forward (float16/bfloat16 only).  Returns a status, with
+// *launched = false (and no error) when the shape does not fit and `forced` is false.
+template <typename T>
+static int launch_forward_tc(FwdParams<T>& p, cudaStream_t stream, bool forced, bool* launched) {
+  *launched = false;
+  const void* kernel = reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>);
+  PersistentPlan pl;
+  int st = plan_persistent(kernel, p.Tn, p.B, p.H, sizeof(T), 0, true, &pl);
+  if (st != CHARLSTM_OK) return st;
+  if (!pl.ok) {
+    if (!forced) return CHARLSTM_OK;
+    set_error("forward: the persistent_tc path cannot run this shape: %s", pl.why);
+    return CHARLSTM_ERR_PERSISTENT_UNFIT;
+  }
+  cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);
+  if (e != cudaSuccess) return cuda_fail(e, "forward: zeroing the barrier counter");
+  int units = pl.units;
+  void* args[] = {&p, &units};
+  e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem, stream);
+  if (e != cudaSuccess) return cuda_fail(e, "forward: persistent_tc cooperative launch");
+  *launched = true;
+  return CHARLSTM_OK;
 }
 
 template <typename T>
@@ -53,10 +85,20 @@ static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path
   p.H = a->H;
   const size_t rowbytes = (size_t)a->H * sizeof(T);  // one staged row of h
 
+  if (path == CHARLSTM_PATH_PERSISTENT_TC) {
+    if constexpr (std::is_same<T, float>::value) {
+      path = CHARLSTM_PATH_PERSISTENT;  // tensor cores for half types only
+    } else {
+      bool launched = false;
+      int st = launch_forward_tc<T>(p, stream, true, &launched);
+      if (st == CHARLSTM_OK && used) *used = CHARLSTM_PATH_PERSISTENT_TC;
+      return st;
+    }
+  }
   if (path != CHARLSTM_PATH_STEPWISE) {
     const void* kernel = reinterpret_cast<const void*>(&fwd_persistent_kernel<T>);
     PersistentPlan pl;
-    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, &pl);
+    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, false, &pl);
     if (st != CHARLSTM_OK) return st;
     if (pl.ok) {
       cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);

@@ -5,7 +5,8 @@ Run under ``compute-sanitizer --tool memcheck|racecheck|synccheck python
 scripts/cuda_sanitize_case.py`` (``scripts/gpu_check.sh`` does).  Shapes are small so that
 the sanitizer finishes in seconds but still cover: several blocks, a batch that is not a
 multiple of the 4-row register tile, chunked staging, packed rows (lengths), every dtype, and
-both the persistent (cooperative, grid barrier) and the stepwise path.  Checks the results
+the persistent (cooperative, grid barrier), the stepwise and the tensor-core (persistent_tc)
+path.  Checks the results
 against the reference backend too.  Exits 0 when everything ran and matched, 1 otherwise, 2
 when there is no usable GPU/backend.
 """
@@ -45,7 +46,10 @@ def case(core, reference, path: str, dtype, T: int, B: int, H: int, packed: bool
     torch.cuda.synchronize()
     ran = cuda_backend.last_path()
     errors = []
-    if ran != {"forward": path, "backward": path}:
+    expect = {"forward": path, "backward": path}
+    if path == "persistent_tc":  # tensor cores for half types' forward; FMA persistent otherwise
+        expect = {"forward": "persistent" if dtype == torch.float32 else path, "backward": "persistent"}
+    if ran != expect:
         errors.append(f"asked for {path}, ran {ran}")
     want = reference.forward(*args)
     bwant = reference.backward(*seeds, w, c0, want[3], want[4], lengths)
@@ -69,7 +73,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     core = cuda_backend.core
     failures = 0
-    for path in ("persistent", "stepwise"):
+    for path in ("persistent", "stepwise", "persistent_tc"):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for T, B, H, packed in ((3, 5, 40, True), (2, 1, 7, False)):
                 try:

@@ -172,7 +172,7 @@ def test_path_selection_precedence(monkeypatch):
         assert paths.current_path() == "persistent"
         paths.set_path(None)
         monkeypatch.setenv(paths.ENV_VAR, "fastest")
-        with pytest.raises(ValueError, match=r"CHARLSTM_CUDA_PATH='fastest'.*auto, persistent, stepwise"):
+        with pytest.raises(ValueError, match=r"CHARLSTM_CUDA_PATH='fastest'.*auto, persistent, stepwise, persistent_tc"):
             paths.current_path()
         with pytest.raises(ValueError, match="unknown cuda backend path 'x'"):
             paths.set_path("x")
@@ -232,6 +232,8 @@ EMU_CASES = [
     ("f16", 5, 9, 20, 1, "stepwise", 3, 4, 3),            # several row blocks, ragged chunks
     ("bf16", 3, 9, 24, 1, "stepwise", 8, 8, 2),
     ("f32", 1, 3, 5, 1, "stepwise", 8, 16, 16),
+    ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0),      # WMMA forward, K split over warps
+    ("bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0),    # two 16-row chunks, padded M and K
 ]
 
 
@@ -355,6 +357,42 @@ def test_core_gradients_match_reference(path, dtype, shape, no_tf32):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES + [(3, 40, 768, True)], ids=_shape_id)
+def test_tensor_core_forward_and_gradients_match_reference(dtype, shape, no_tf32):
+    """persistent_tc: WMMA forward (float32 accumulation), FMA persistent backward."""
+    core = _require_cuda(dtype)
+    from charlstm.backends import reference
+    T, B, H, packed = shape
+    args = _inputs(T, B, H, dtype, packed)
+    with cuda_backend.use_path("persistent_tc"):
+        got = core.fwd_op(*args)
+    assert cuda_backend.last_path()["forward"] == "persistent_tc"
+    for name, a, b in zip(("hs", "hT", "cT", "cs", "gates"), got, reference.forward(*args)):
+        _close(a, b, dtype, f"persistent_tc {name}")
+    seeds = (torch.randn(T, B, H, device="cuda").to(dtype), torch.randn(B, H, device="cuda").to(dtype),
+             torch.randn(B, H, device="cuda").to(dtype))
+    with cuda_backend.use_path("persistent_tc"):
+        mine = _grads(core, args, seeds)
+    assert cuda_backend.last_path() == {"forward": "persistent_tc", "backward": "persistent"}
+    want = _grads(reference.core, args, seeds)
+    scale = max(1.0, T ** 0.5) * 4
+    atol, rtol = CORE_TOL[dtype]
+    for name, a, b in zip(("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0"), mine, want):
+        torch.testing.assert_close(a.float(), b.float(), atol=atol * scale, rtol=rtol * scale,
+                                   msg=lambda m: f"persistent_tc {name}: {m}")
+
+
+@pytest.mark.cuda
+def test_tensor_core_path_runs_fma_for_float32():
+    core = _require_cuda()
+    args = _inputs(3, 2, 20, torch.float32, False)
+    with cuda_backend.use_path("persistent_tc"):
+        core.fwd_op(*args)
+    assert cuda_backend.last_path()["forward"] == "persistent"
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("path", PATHS)
 def test_deterministic(path):
     core = _require_cuda()
@@ -397,7 +435,7 @@ def test_opcheck(path, lengths):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATHS + ["persistent_tc"])
 def test_long_sequence_bf16_is_stable(path):
     """T=2048 in bfloat16 through charlstm.LSTM: everything finite, and the error against a
     float64 run of the same (rounded) data at most 2x cuDNN's bfloat16 error plus a few ulps."""
@@ -481,7 +519,7 @@ def test_lstm_module_float32_matches_cudnn(path, case_idx, no_tf32):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATHS + ["persistent_tc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case_idx", [0, 2, 3, 5], ids=[MODULE_CASE_IDS[i] for i in (0, 2, 3, 5)])
 def test_lstm_module_half_error_within_cudnn_error(path, dtype, case_idx):

@@ -6,7 +6,8 @@
 // the input dtype each step, c in float, inactive rows keep state and write zeros).
 //
 // Usage: emu DTYPE T B H PACKED PATH [SMS SMEM | UNITS ROWS STAGE_ROWS]
-//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise.
+//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: WMMA
+//   forward with SMS emulated SMs, then the FMA persistent backward).
 //   persistent: SMS (emulated SM count) and SMEM (shared memory bytes per block): the launch
 //               plan follows host_common.cu (units = ceil(H/SMS), bb rows per staged chunk).
 //   stepwise:   UNITS per block, ROWS per block, STAGE_ROWS staged per chunk (0: none).
@@ -188,7 +189,8 @@ void compare(const char* name, const V& got, const std::vector<double>& want, do
 }
 
 template <typename T>
-int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int a3, double tol) {
+int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int a2, int a3,
+        double tol) {
   const int G = 4 * H;
   std::mt19937 rng(1234 + Tn * 7 + B * 13 + H);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -225,11 +227,21 @@ int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int 
                   gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
                   dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
 
+  if (tc) {  // tensor-core forward (WMMA), FMA persistent backward
+    const int sms = a1;
+    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
+    const TcLayout L = tc_layout(H, units, sizeof(T));
+    std::printf("persistent_tc fwd: %d blocks x %d units, mpad %d kpad %d nsplit %d\n", blocks,
+                units, L.mpad, L.kpad, L.nsplit);
+    counter = 0;
+    launch(dim3(blocks), L.total(), 1,
+           [&](int, unsigned char* sm) { fwd_persistent_tc_body<T>(fp, units, sm); });
+  }
   if (persistent) {
     const int sms = a1;
     const size_t smem_budget = (size_t)a2;
     const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
-    for (int dir = 0; dir < 2; ++dir) {
+    for (int dir = tc ? 1 : 0; dir < 2; ++dir) {
       const size_t rowbytes = dir == 0 ? H * sizeof(T) : G * sizeof(float);
       const size_t wbytes = ((size_t)4 * units * H * sizeof(T) + 15) & ~(size_t)15;
       if (wbytes + rowbytes > smem_budget) {
@@ -285,7 +297,7 @@ int run(int Tn, int B, int H, bool packed, bool persistent, int a1, int a2, int 
 int main(int argc, char** argv) {
   if (argc != 10) {
     std::fprintf(stderr,
-                 "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise "
+                 "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise|persistent_tc "
                  "(SMS SMEM 0 | UNITS ROWS STAGE_ROWS)\n",
                  argv[0]);
     return 2;
@@ -294,10 +306,11 @@ int main(int argc, char** argv) {
   const int Tn = std::atoi(argv[2]), B = std::atoi(argv[3]), H = std::atoi(argv[4]);
   const bool packed = std::atoi(argv[5]) != 0;
   const int a1 = std::atoi(argv[7]), a2 = std::atoi(argv[8]), a3 = std::atoi(argv[9]);
-  if (path != "persistent" && path != "stepwise") return 2;
-  const bool pers = path == "persistent";
-  if (dt == "f32") return run<float>(Tn, B, H, packed, pers, a1, a2, a3, 2e-5);
-  if (dt == "f16") return run<__half>(Tn, B, H, packed, pers, a1, a2, a3, 4e-3);
-  if (dt == "bf16") return run<__nv_bfloat16>(Tn, B, H, packed, pers, a1, a2, a3, 3e-2);
+  if (path != "persistent" && path != "stepwise" && path != "persistent_tc") return 2;
+  const bool tc = path == "persistent_tc";
+  const bool pers = path != "stepwise";
+  if (dt == "f32" && !tc) return run<float>(Tn, B, H, packed, pers, false, a1, a2, a3, 2e-5);
+  if (dt == "f16") return run<__half>(Tn, B, H, packed, pers, tc, a1, a2, a3, 4e-3);
+  if (dt == "bf16") return run<__nv_bfloat16>(Tn, B, H, packed, pers, tc, a1, a2, a3, 3e-2);
   return 2;
 }

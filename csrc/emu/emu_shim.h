@@ -86,3 +86,66 @@ inline void __nanosleep(unsigned) { std::this_thread::yield(); }
 inline float __ldcg(const float* p) { return *p; }
 inline unsigned short __ldcg(const unsigned short* p) { return *p; }
 using std::min;
+
+// WMMA (m16n16k16) by its documented semantics, not its register layout: each lane holds the
+// whole tile (the API's fragment layout is opaque, so code that only loads, multiplies and
+// stores fragments cannot depend on it).  Stores are done by lane 0 (a warp-collective store
+// of identical values).  Alignment and ldm rules are NOT checked here.
+namespace nvcuda {
+namespace wmma {
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float x[16 * 16];  // x[r * 16 + c] = element (r, c) of the tile
+};
+
+inline float emu_tof(float v) { return v; }
+inline float emu_tof(__half v) { return __half2float(v); }
+inline float emu_tof(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T>
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const T* p,
+                             unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = emu_tof(p[(size_t)r * ldm + c]);
+}
+template <class T>
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, const T* p,
+                             unsigned ldm) {  // element (k, n) at p[n * ldm + k]
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = emu_tof(p[(size_t)n * ldm + k]);
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+template <class T>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+                     const fragment<matrix_a, 16, 16, 16, T, row_major>& a,
+                     const fragment<matrix_b, 16, 16, 16, T, col_major>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[256];
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      float s = c.x[r * 16 + n];
+      for (int k = 0; k < 16; ++k) s += a.x[r * 16 + k] * b.x[k * 16 + n];
+      out[r * 16 + n] = s;
+    }
+  for (int i = 0; i < 256; ++i) d.x[i] = out[i];
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
+                              unsigned ldm, layout_t layout) {
+  if (threadIdx.x % 32 != 0) return;
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      const size_t at = layout == mem_row_major ? (size_t)r * ldm + n : (size_t)n * ldm + r;
+      p[at] = f.x[r * 16 + n];
+    }
+}
+}  // namespace wmma
+}  // namespace nvcuda

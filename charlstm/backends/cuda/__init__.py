@@ -16,12 +16,12 @@ Exposes what the registry (:mod:`charlstm.backends`) expects of a kernel backend
 Choosing the implementation (for benchmarks and tests), see :mod:`.paths`::
 
     from charlstm.backends import cuda
-    cuda.set_path("stepwise")            # or "persistent", "auto" (default)
+    cuda.set_path("stepwise")            # or "persistent", "persistent_tc", "auto" (default)
     with cuda.use_path("persistent"):    # this thread, inside the block
         ...
     cuda.last_path()                     # {"forward": "persistent", "backward": ...}
 
-or ``CHARLSTM_CUDA_PATH=persistent|stepwise|auto`` in the environment.
+or ``CHARLSTM_CUDA_PATH=persistent|stepwise|persistent_tc|auto`` in the environment.
 
 Importing this package never compiles and never raises on a machine without CUDA; the
 extension is loaded, or JIT-built with ninja, on the first kernel call (:mod:`.build`).

@@ -10,5 +10,5 @@ import torch
 #: enum charlstm_dtype
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: enum charlstm_path
-PATH_CODES = {"auto": 0, "persistent": 1, "stepwise": 2}
+PATH_CODES = {"auto": 0, "persistent": 1, "stepwise": 2, "persistent_tc": 3}
 PATH_NAMES = {v: k for k, v in PATH_CODES.items()}

@@ -1,10 +1,13 @@
-"""Which implementation of the cuda backend runs: ``persistent``, ``stepwise`` or ``auto``.
+"""Which implementation of the cuda backend runs: ``persistent``, ``stepwise``,
+``persistent_tc`` or ``auto``.
 
 * ``persistent``: one cooperative launch per layer and direction for the whole sequence, each
   block keeping its slice of ``W_hh`` in shared memory, one grid barrier per step.  Forcing it
   for a shape whose grid cannot be co-resident raises ``RuntimeError`` with the reason.
 * ``stepwise``: one fused (matmul + cell update) launch per time step from a host loop,
   ``W_hh`` read from L2; works for every size, and is capturable in a CUDA graph.
+* ``persistent_tc``: the persistent forward with its matmul on tensor cores (WMMA, float16 and
+  bfloat16 only; float32 runs ``persistent``); the backward runs ``persistent``.  Opt-in only.
 * ``auto`` (default): persistent when it fits on the device, else stepwise.
 
 The path in force, strongest first: the innermost :func:`use_path` block (this thread), then
