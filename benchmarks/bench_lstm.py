@@ -227,6 +227,7 @@ def main(argv=None) -> int:
     import torch
     common.ensure_importable()
     device = common.pick_device(args.device)
+    common.apply_threads(args)
     if device.type == "cpu":
         common.set_interpreter_if_no_gpu()
     kind = "cuda" if device.type == "cuda" else "cpu"

@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     import torch
     common.ensure_importable()
     device = common.pick_device(args.device)
+    common.apply_threads(args)
     common.set_interpreter_if_no_gpu()
     CharRNN = common.load_charrnn()
     gpu = device.type == "cuda"

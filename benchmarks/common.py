@@ -390,6 +390,15 @@ def add_common_args(ap) -> None:
                     help="comma-separated backends (default: all available here; torch always runs)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/)")
     ap.add_argument("--tag", default=None, help="suffix for the output file names")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op CPU threads (default: torch's); 1 steadies timings on a "
+                         "busy machine; recorded as torch_threads")
+
+
+def apply_threads(args) -> None:
+    import torch
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
 
 def result_name(script: str, env: dict, tag: Optional[str]) -> str:
