@@ -471,6 +471,15 @@ def test_forced_persistent_on_unfit_shape_raises_and_auto_falls_back(no_tf32):
 
 
 @pytest.mark.cuda
+def test_torch_compile_fullgraph():
+    _require_cuda()
+    m = charlstm.LSTM(5, 20, num_layers=2, backend="cuda").cuda()
+    x = torch.randn(7, 3, 5, device="cuda")
+    f = torch.compile(lambda x: m(x)[0], fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(x), m(x)[0])
+
+
+@pytest.mark.cuda
 def test_stepwise_path_captures_in_a_cuda_graph():
     core = _require_cuda()
     args = _inputs(6, 3, 20, torch.float32, False)
