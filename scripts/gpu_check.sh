@@ -58,7 +58,7 @@ fi
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT="$COMMIT+dirty"; fi
 
-declare -a R_NAME R_STATUS R_SECS R_NOTE
+declare -a R_NAME R_STATUS R_SECS
 
 # ------------------------------------------------------------------------- the steps
 # Each runs in its own bash under `timeout`; exit 0 = pass, 77 = skipped (reason in
