@@ -9,6 +9,8 @@
 #   build        pip install --no-deps --no-build-isolation -e .  with TORCH_CUDA_ARCH_LIST set
 #                from torch.cuda.get_device_capability(), so the extension is built for this GPU only
 #   pytest-cuda  pytest -m cuda tests  (JUnit XML)
+#   triton       tests/test_triton_kernels.py's unmarked tests, which on a GPU run the compiled
+#                Triton kernels on CUDA tensors (not the interpreter)
 #   memcheck, racecheck, synccheck
 #                compute-sanitizer --tool <tool> on scripts/cuda_sanitize_case.py
 #   bench        benchmarks/bench_lstm.py --quick, plus one full-size row per backend
@@ -45,7 +47,7 @@ export RES="$WORK/results"
 mkdir -p "$RES/logs" "$RES/bench" "$RES/fixtures"
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
-ALL_STEPS="env build pytest-cuda memcheck racecheck synccheck bench fixtures fixture-tests"
+ALL_STEPS="env build pytest-cuda triton memcheck racecheck synccheck bench fixtures fixture-tests"
 STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
 
 HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
@@ -92,6 +94,8 @@ step_build() {
   echo "TORCH_CUDA_ARCH_LIST=$arch"
   TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-16} \
     "$PY" -m pip install --no-deps --no-build-isolation -e . || return 1
+  # load (or JIT-build) the extension now, so no later step pays for a compile
+  "$PY" -c "from charlstm.backends.cuda import build; build.load_extension(verbose=True)" || return 1
   "$PY" -c "import charlstm, charlstm.backends as b; print({n: b.status(n) for n in b.BACKENDS})"
 }
 
@@ -110,6 +114,11 @@ step_pytest_cuda() {
   local rc=$?
   [ $rc = 5 ] && skip "no tests marked cuda were collected"
   return $rc
+}
+
+step_triton() {
+  need_gpu
+  run_pytest tests/test_triton_kernels.py -m "not cuda" --junitxml="$RES/junit-triton.xml"
 }
 
 sanitize() {
@@ -150,12 +159,12 @@ step_fixture_tests() {
   CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
     --junitxml="$RES/junit-fixtures.xml"
 }
-export -f run_pytest step_env step_build step_pytest_cuda sanitize step_memcheck step_racecheck \
+export -f run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_memcheck step_racecheck \
   step_synccheck step_bench step_fixtures step_fixture_tests
 
 default_timeout() {
   case $1 in
-    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; memcheck) echo 90 ;;
+    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; triton) echo 60 ;; memcheck) echo 90 ;;
     racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 150 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac

@@ -17,7 +17,7 @@ fi
 status=0
 export TRITON_INTERPRET=${TRITON_INTERPRET:-$("$PY" -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
 "$PY" -m pytest tests "$@" || status=1
-"$PY" -m pytest benchmarks/test_throughput.py --benchmark-disable -q || status=1
+"$PY" -m pytest benchmarks/test_throughput.py benchmarks/test_scripts.py --benchmark-disable -q || status=1
 if [ -f scripts/check_cuda_compile.sh ]; then
   if command -v nvcc >/dev/null 2>&1; then
     bash scripts/check_cuda_compile.sh || status=1
