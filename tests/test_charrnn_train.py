@@ -145,13 +145,15 @@ def test_interrupted_checkpoint_write_keeps_previous(trained, tmp_path, monkeypa
     target = tmp_path / "latest.pt"
     ckpt_io.save_atomic(good, target)
 
+    real_save = torch.save
+
     def failing_save(obj, f):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(ckpt_io.torch, "save", failing_save)
     with pytest.raises(OSError, match="No space"):
         ckpt_io.save_atomic(good, target)
-    monkeypatch.undo()
+    monkeypatch.setattr(ckpt_io.torch, "save", real_save)
     again, _ = ckpt_io.load(tmp_path)
     assert again["iteration"] == good["iteration"]
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]     # no temp files left
@@ -233,3 +235,26 @@ def test_reference_backend_trains(tmp_path):
     assert ckpt_io.load(tmp_path / "ck")[0]["config"]["backend"] == "reference"
     (s,) = sample(tmp_path / "ck", length=20, prime="the", backend=None)   # the saved one
     assert len(s) == 20
+
+
+def test_ctrl_c_saves_last_completed_iteration_and_resumes_exactly(tmp_path, monkeypatch):
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(60, seed=5))
+    kw = dict(SMALL, rnn_size=16, seq_length=8, batch_size=4, dropout=0.2, num_layers=2,
+              eval_val_every=100)
+    full = train(str(f), max_iters=12, checkpoint_dir=str(tmp_path / "a"), **kw)
+    real, calls = train_mod.batch_loss, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train_mod, "batch_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(str(f), max_iters=12, checkpoint_dir=str(tmp_path / "b"), **kw)
+    monkeypatch.setattr(train_mod, "batch_loss", real)
+    assert ckpt_io.load(tmp_path / "b")[0]["iteration"] == 7
+    rest = train(checkpoint_dir=str(tmp_path / "b"), resume=True, max_iters=12, progress=False,
+                 plot=False)
+    assert rest.train_losses == full.train_losses[7:]
