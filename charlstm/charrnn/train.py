@@ -222,7 +222,7 @@ def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> T
     dev = resolve_device(a["device"])
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     amp_dtype = parse_dtype(a["dtype"])
     check_amp(dev, amp_dtype)
