@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 
 #include <cuda_runtime.h>
 
@@ -55,6 +56,46 @@ struct StepPlan {
 };
 // Returns CHARLSTM_OK or CHARLSTM_ERR_ARGS (batch too large for the grid).
 int plan_stepwise(int B, int H, size_t rowbytes, StepPlan* plan);
+
+// Launch a persistent (cooperative) kernel taking (Params, units, bb, stage_offset) if its plan
+// fits.  `path` is the requested path (CHARLSTM_PATH_PERSISTENT forces it: an unfit shape or a
+// failed launch is an error; otherwise an unfit shape or a too-large cooperative grid falls back
+// and *launched stays false).  `who` ("forward"/"backward") prefixes every message.
+template <typename Params>
+int launch_persistent(const void* kernel, Params& p, unsigned* counter, int T, int B, int H,
+                      size_t elem, size_t rowbytes, int path, const char* who,
+                      cudaStream_t stream, int threads, bool* launched) {
+  *launched = false;
+  PersistentPlan pl;
+  int st = plan_persistent(kernel, T, B, H, elem, rowbytes, false, &pl);
+  if (st != CHARLSTM_OK) return st;
+  const bool forced = path == CHARLSTM_PATH_PERSISTENT;
+  if (!pl.ok) {
+    if (!forced) return CHARLSTM_OK;
+    set_error("%s: the persistent path cannot run this shape: %s", who, pl.why);
+    return CHARLSTM_ERR_PERSISTENT_UNFIT;
+  }
+  cudaError_t e = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
+  char what[96];
+  if (e != cudaSuccess) {
+    snprintf(what, sizeof what, "%s: zeroing the barrier counter", who);
+    return cuda_fail(e, what);
+  }
+  int units = pl.units, bb = pl.bb;
+  unsigned off = pl.stage_offset;
+  void* args[] = {&p, &units, &bb, &off};
+  e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(threads), args, pl.smem, stream);
+  if (e == cudaSuccess) {
+    *launched = true;
+    return CHARLSTM_OK;
+  }
+  if (forced || e != cudaErrorCooperativeLaunchTooLarge) {
+    snprintf(what, sizeof what, "%s: persistent cooperative launch", who);
+    return cuda_fail(e, what);
+  }
+  (void)cudaGetLastError();  // not sticky: the caller falls back to the stepwise path
+  return CHARLSTM_OK;
+}
 
 // Common argument validation; returns CHARLSTM_OK or CHARLSTM_ERR_ARGS (message set).
 int check_sizes(const char* who, int T, int B, int H, int dtype, int path);

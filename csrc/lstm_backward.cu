@@ -58,28 +58,14 @@ static int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int pat
 
   if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // FMA backward
   if (path != CHARLSTM_PATH_STEPWISE) {
-    const void* kernel = reinterpret_cast<const void*>(&bwd_persistent_kernel<T>);
-    PersistentPlan pl;
-    int st = plan_persistent(kernel, a->T, a->B, a->H, sizeof(T), rowbytes, false, &pl);
+    bool launched = false;
+    int st = launch_persistent(reinterpret_cast<const void*>(&bwd_persistent_kernel<T>), p, p.counter, a->T,
+                               a->B, a->H, sizeof(T), rowbytes, path, "backward", stream, kThreads,
+                               &launched);
     if (st != CHARLSTM_OK) return st;
-    if (pl.ok) {
-      cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);
-      if (e != cudaSuccess) return cuda_fail(e, "backward: zeroing the barrier counter");
-      int units = pl.units, bb = pl.bb;
-      unsigned off = pl.stage_offset;
-      void* args[] = {&p, &units, &bb, &off};
-      e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem,
-                                      stream);
-      if (e == cudaSuccess) {
-        if (used) *used = CHARLSTM_PATH_PERSISTENT;
-        return CHARLSTM_OK;
-      }
-      if (path == CHARLSTM_PATH_PERSISTENT || e != cudaErrorCooperativeLaunchTooLarge)
-        return cuda_fail(e, "backward: persistent cooperative launch");
-      (void)cudaGetLastError();  // not sticky: fall back to the stepwise path below
-    } else if (path == CHARLSTM_PATH_PERSISTENT) {
-      set_error("backward: the persistent path cannot run this shape: %s", pl.why);
-      return CHARLSTM_ERR_PERSISTENT_UNFIT;
+    if (launched) {
+      if (used) *used = CHARLSTM_PATH_PERSISTENT;
+      return CHARLSTM_OK;
     }
   }
 
