@@ -269,27 +269,15 @@ def main(argv=None) -> int:
         print(f"[{i + 1}/{len(plan)}] {section} B={cfg['batch']} T={cfg['seq']} H={cfg['hidden']} "
               f"L={cfg['layers']} {cfg['dtype']}: {' '.join(done)}", flush=True)
 
-    name = common.result_name("bench_lstm", env, args.tag or ("quick" if args.quick else None))
-    notes = common.cpu_notes(device, env) + [f"skipped {k}: {v}" for k, v in skipped_all.items()]
     config = {"grid": grid if run_grid else None, "rows": args.row, "latency": lat,
               "modes": args.modes, "warmup": warmup, "reps": reps, "backends": args.backends,
               "input_size": "= hidden", "bidirectional": False,
               "flops": "2*T*B*4H*(I+H) per layer forward; fwd+bwd = 3x forward"}
-    out = common.default_out_dir(args.out)
-    paths = common.write_results(out, name, env, config, rows, COLUMNS,
-                                 title="charlstm LSTM benchmark", notes=notes)
-    if not args.no_plot:
-        png = out / f"{name}.png"
-        if plot(rows, png, f"speed-up over torch, {env['device_name']}"):
-            paths["png"] = str(png)
-    common.print_table(rows, COLUMNS)
-    for n in notes:
-        print(n)
-    print("wrote " + ", ".join(paths.values()))
-    errors = [r for r in rows if "error" in r]
-    if errors:
-        print(f"{len(errors)} row(s) failed; see the 'error' column", file=sys.stderr)
-    return 1 if errors and len(errors) == len(rows) else 0
+    draw = None if args.no_plot else (
+        lambda png: plot(rows, png, f"speed-up over torch, {env['device_name']}"))
+    return common.finish("bench_lstm", args.tag or ("quick" if args.quick else None), args.out,
+                         env, device, config, rows, COLUMNS, title="charlstm LSTM benchmark",
+                         notes=[f"skipped {k}: {v}" for k, v in skipped_all.items()], plot=draw)
 
 
 if __name__ == "__main__":

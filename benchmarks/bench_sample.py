@@ -129,14 +129,8 @@ def main(argv=None) -> int:
     config = dict(vars(args), length=length, reps=reps, dtypes=dtypes,
                   loop="CharRNN([B,1], state) -> softmax -> multinomial, per step",
                   baseline="nn.Embedding + torch.nn.LSTM + nn.Linear with the same weights")
-    notes = common.cpu_notes(device, env) + notes
-    out = common.default_out_dir(args.out)
-    paths = common.write_results(out, common.result_name("bench_sample", env, args.tag), env, config,
-                                 rows, COLUMNS, title="char-rnn sampling throughput", notes=notes)
-    common.print_table(rows, COLUMNS)
-    print("\n".join(notes))
-    print("wrote " + ", ".join(paths.values()))
-    return 1 if rows and all("error" in r for r in rows) else 0
+    return common.finish("bench_sample", args.tag, args.out, env, device, config, rows, COLUMNS,
+                         title="char-rnn sampling throughput", notes=notes)
 
 
 if __name__ == "__main__":

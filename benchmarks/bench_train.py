@@ -128,14 +128,8 @@ def main(argv=None) -> int:
             del model, fn
     config = dict(vars(args), text=source, vocab=vocab,
                   step="CharRNN fwd + CE + backward + clamp(5) + RMSprop(2e-3, 0.95)")
-    notes = common.cpu_notes(device, env) + notes
-    out = common.default_out_dir(args.out)
-    paths = common.write_results(out, common.result_name("bench_train", env, args.tag), env, config,
-                                 rows, COLUMNS, title="char-rnn training throughput", notes=notes)
-    common.print_table(rows, COLUMNS)
-    print("\n".join(notes))
-    print("wrote " + ", ".join(paths.values()))
-    return 1 if rows and all("error" in r for r in rows) else 0
+    return common.finish("bench_train", args.tag, args.out, env, device, config, rows, COLUMNS,
+                         title="char-rnn training throughput", notes=notes)
 
 
 if __name__ == "__main__":

@@ -471,3 +471,29 @@ def ran_path(variant: str) -> Optional[str]:
         return str(cuda_backend.last_path())
     except Exception:  # noqa: BLE001
         return None
+
+
+def finish(script: str, tag, out_dir, env: dict, device, config: dict, rows: Sequence[dict],
+           columns: Sequence[tuple[str, str]], title: str, notes: Sequence[str] = (),
+           plot=None) -> int:
+    """The common end of every benchmark script: write JSON + Markdown (+ PNG through
+    ``plot(path) -> bool``), print the table, the notes and the files written.
+
+    Returns the script's exit code: 1 when every row failed, else 0.
+    """
+    notes = cpu_notes(device, env) + list(notes)
+    out = default_out_dir(out_dir)
+    name = result_name(script, env, tag)
+    paths = write_results(out, name, env, config, rows, columns, title=title, notes=notes)
+    if plot is not None:
+        png = out / f"{name}.png"
+        if plot(png):
+            paths["png"] = str(png)
+    print_table(rows, columns)
+    for n in notes:
+        print(n)
+    print("wrote " + ", ".join(paths.values()))
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        print(f"{len(errors)} row(s) failed; see the 'error' column", file=sys.stderr)
+    return 1 if errors and len(errors) == len(rows) else 0
