@@ -99,9 +99,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--data", default=str(CORPUS))
+    p.add_argument("--data", default=str(CORPUS),
+                   help="a text file, or 'bundled' for charlstm's default corpus (stdlib sources)")
     args = p.parse_args(argv)
-    if not Path(args.data).is_file():
+    if args.data == "bundled":
+        args.data = None
+    elif not Path(args.data).is_file():
         print(f"skipped: corpus {args.data} not found", file=sys.stderr)
         return 0
     dev = torch.device(args.device)
