@@ -12,6 +12,20 @@ import os
 import shutil
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class build_py_with_csrc(build_py):
+    """Also ship csrc/ inside the package (charlstm/_csrc), so that a non-editable install
+    on a CUDA machine can JIT-build the extension from the sources it came with."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "charlstm", "_csrc")
+        os.makedirs(dest, exist_ok=True)
+        for pattern in ("*.cu", "*.cuh", "*.h", "*.cpp"):
+            for src in glob.glob(os.path.join("csrc", pattern)):
+                self.copy_file(src, os.path.join(dest, os.path.basename(src)))
 
 
 def _cuda_extension_kwargs():
@@ -46,4 +60,6 @@ def _cuda_extension_kwargs():
             "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}}
 
 
-setup(**_cuda_extension_kwargs())
+_kwargs = _cuda_extension_kwargs()
+_kwargs.setdefault("cmdclass", {})["build_py"] = build_py_with_csrc
+setup(**_kwargs)

@@ -31,11 +31,16 @@ _ext = None
 
 
 def csrc_dir() -> Path:
-    """Where the CUDA/C++ sources are (``CHARLSTM_CSRC`` or ``<repo>/csrc``)."""
+    """Where the CUDA/C++ sources are: ``CHARLSTM_CSRC``, else ``<repo>/csrc`` (a checkout or
+    an editable install), else the copy a regular install ships in ``charlstm/_csrc``."""
     env = os.environ.get(CSRC_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "csrc"
+    here = Path(__file__).resolve()
+    repo = here.parents[3] / "csrc"
+    if repo.is_dir():
+        return repo
+    return here.parents[2] / "_csrc"
 
 
 def sources(directory: Optional[Path] = None) -> list:
