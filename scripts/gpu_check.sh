@@ -110,7 +110,8 @@ run_pytest() {
 
 step_pytest_cuda() {
   need_gpu
-  run_pytest -m cuda tests --junitxml="$RES/junit-cuda.xml"
+  # tests check correctness: one fixed Triton configuration instead of autotuning every shape
+  CHARLSTM_TRITON_AUTOTUNE=0 run_pytest -m cuda tests --junitxml="$RES/junit-cuda.xml"
   local rc=$?
   [ $rc = 5 ] && skip "no tests marked cuda were collected"
   return $rc
@@ -118,7 +119,7 @@ step_pytest_cuda() {
 
 step_triton() {
   need_gpu
-  run_pytest tests/test_triton_kernels.py -m "not cuda" --junitxml="$RES/junit-triton.xml"
+  CHARLSTM_TRITON_AUTOTUNE=0 run_pytest tests/test_triton_kernels.py -m "not cuda" --junitxml="$RES/junit-triton.xml"
 }
 
 sanitize() {
@@ -156,7 +157,7 @@ step_fixtures() {
 step_fixture_tests() {
   need_gpu
   [ -f "$RES/fixtures/metadata.json" ] || skip "the fixtures step produced no fixtures"
-  CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
+  CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
     --junitxml="$RES/junit-fixtures.xml"
 }
 export -f run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_memcheck step_racecheck \

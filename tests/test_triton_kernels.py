@@ -393,3 +393,18 @@ def test_gpu_long_sequence_bf16_stable():
         spec_err = (s.double() - e).abs().max().item()
         assert err <= 2 * spec_err + torch.finfo(torch.bfloat16).eps * e.abs().max().item(), \
             (err, spec_err)
+
+
+def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):
+    """CHARLSTM_TRITON_AUTOTUNE=0 gives GPU launches one fixed configuration (used by
+    scripts/gpu_check.sh so test runs don't compile every config for every shape)."""
+    from charlstm.backends.triton import common
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
+    fixed = common.choose_launch(8, 512)
+    assert fixed.fixed and fixed.schedule == "step"
+    first = common.tune_configs()[0]
+    assert (fixed.block_b, fixed.block_h, fixed.block_k, fixed.num_warps) == (
+        first.kwargs["BLOCK_B"], first.kwargs["BLOCK_H"], first.kwargs["BLOCK_K"], first.num_warps)
+    monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "1")
+    assert not common.choose_launch(8, 512).fixed

@@ -32,6 +32,13 @@ def _interpreting() -> bool:
 #: True when this process's ``triton.jit`` functions run under the Triton interpreter (CPU).
 INTERPRET: bool = _interpreting()
 
+def _autotune_enabled() -> bool:
+    """False when ``CHARLSTM_TRITON_AUTOTUNE=0``: GPU launches then use one fixed configuration
+    (the first of :func:`tune_configs`) instead of autotuning every new (B, H) -- for test
+    runs, where compiling every configuration for every shape would dominate.  Read per call."""
+    return os.environ.get("CHARLSTM_TRITON_AUTOTUNE", "1") != "0"
+
+
 #: input dtypes the kernels implement (float64 goes to the reference kernels, see ``ops``)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -111,6 +118,10 @@ def choose_launch(batch: int, hidden: int, schedule: Optional[str] = None) -> La
         raise ValueError(f"triton backend: schedule must be one of {SCHEDULES}, got {schedule!r}")
     if INTERPRET:
         return Launch(schedule, **interpreter_blocks(batch, hidden))
+    if not _autotune_enabled():
+        first = tune_configs()[0]
+        return Launch(schedule, block_b=first.kwargs["BLOCK_B"], block_h=first.kwargs["BLOCK_H"],
+                      block_k=first.kwargs["BLOCK_K"], num_warps=first.num_warps)
     return Launch(schedule)
 
 
