@@ -47,7 +47,9 @@ export RES="$WORK/results"
 mkdir -p "$RES/logs" "$RES/bench" "$RES/fixtures"
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
-ALL_STEPS="env build pytest-cuda triton memcheck racecheck synccheck bench fixtures fixture-tests"
+# Order: what later sessions need most first (results to commit), the slow sanitizers last;
+# the total budget may cut the tail.
+ALL_STEPS="env build pytest-cuda bench fixtures fixture-tests triton memcheck racecheck synccheck"
 STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
 
 HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
