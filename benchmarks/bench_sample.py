@@ -84,11 +84,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    common.ensure_importable()
-    device = common.pick_device(args.device)
-    common.apply_threads(args)
-    common.set_interpreter_if_no_gpu()
-    CharRNN = common.load_charrnn()
+    device, CharRNN = common.setup_charrnn_run(args)
     gpu = device.type == "cuda"
     length = args.length or (500 if gpu else 100)
     reps = args.reps or (5 if gpu else 3)

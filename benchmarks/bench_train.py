@@ -85,11 +85,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    common.ensure_importable()
-    device = common.pick_device(args.device)
-    common.apply_threads(args)
-    common.set_interpreter_if_no_gpu()
-    CharRNN = common.load_charrnn()
+    device, CharRNN = common.setup_charrnn_run(args)
     gpu = device.type == "cuda"
     args.iters = args.iters or (50 if gpu else 5)
     args.warmup_iters = args.warmup_iters if args.warmup_iters is not None else (10 if gpu else 2)

@@ -497,3 +497,13 @@ def finish(script: str, tag, out_dir, env: dict, device, config: dict, rows: Seq
     if errors:
         print(f"{len(errors)} row(s) failed; see the 'error' column", file=sys.stderr)
     return 1 if errors and len(errors) == len(rows) else 0
+
+
+def setup_charrnn_run(args):
+    """The shared start of the char-rnn benchmarks: device, threads, interpreter mode, and the
+    ``CharRNN`` class.  Returns ``(device, CharRNN)``."""
+    ensure_importable()
+    device = pick_device(args.device)
+    apply_threads(args)
+    set_interpreter_if_no_gpu()
+    return device, load_charrnn()

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
+
+from .._override import OverrideStack
 
 BACKENDS = ("reference", "torch", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
@@ -50,7 +51,7 @@ _REGISTRY = {
     "cuda": Backend("cuda", "charlstm.backends.cuda", True),
 }
 
-_local = threading.local()
+_override = OverrideStack()
 
 
 def validate_name(name: str) -> str:
@@ -64,21 +65,15 @@ def use_backend(name: str) -> Iterator[None]:
     """Run every ``charlstm.LSTM`` in this thread with backend ``name`` inside the block."""
     name = validate_name(name)
     preload(name)
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(name)
-    try:
+    with _override.push(name):
         yield
-    finally:
-        stack.pop()
 
 
 def requested(module_choice: str) -> str:
     """The backend name in force for a module whose own choice is ``module_choice``."""
-    stack = getattr(_local, "stack", None)
-    if stack:
-        return stack[-1]
+    override = _override.top()
+    if override is not None:
+        return override
     env = os.environ.get(ENV_VAR)
     if env:
         try:

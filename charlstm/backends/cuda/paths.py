@@ -22,12 +22,14 @@ import os
 import threading
 from typing import Iterator, Optional
 
+from ..._override import OverrideStack
 from .abi import PATH_CODES
 
 ENV_VAR = "CHARLSTM_CUDA_PATH"
 PATHS = tuple(PATH_CODES)
 
-_local = threading.local()
+_local = threading.local()          # last path used, per thread
+_override = OverrideStack()
 _default: Optional[str] = None
 
 
@@ -46,22 +48,15 @@ def set_path(name: Optional[str]) -> None:
 @contextlib.contextmanager
 def use_path(name: str) -> Iterator[None]:
     """Run the cuda backend with path ``name`` inside the block (this thread only)."""
-    name = validate_path(name)
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(name)
-    try:
+    with _override.push(validate_path(name)):
         yield
-    finally:
-        stack.pop()
 
 
 def current_path() -> str:
     """The path name in force for the next call (see the module docstring for precedence)."""
-    stack = getattr(_local, "stack", None)
-    if stack:
-        return stack[-1]
+    override = _override.top()
+    if override is not None:
+        return override
     if _default is not None:
         return _default
     env = os.environ.get(ENV_VAR, "").strip()
