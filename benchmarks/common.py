@@ -139,6 +139,9 @@ def environment(device) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "triton": None,
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+        # the triton backend's launch settings (charlstm.backends.triton.common.choose_launch)
+        "triton_autotune": os.environ.get("CHARLSTM_TRITON_AUTOTUNE", "1") != "0",
+        "triton_schedule": os.environ.get("CHARLSTM_TRITON_SCHEDULE") or "default",
         "driver": None,
         "charlstm": None,
         # a busy machine skews timings, CPU ones most: recorded so a reader can tell
@@ -303,7 +306,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def environment_markdown(env: dict) -> str:
     keys = ["date_utc", "device_name", "device_kind", "driver", "torch", "cuda", "cudnn", "triton",
-            "triton_interpret", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m",
+            "triton_interpret", "triton_autotune", "triton_schedule", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m",
             "loadavg_1m_end"]
     return "\n".join(f"- {k}: {fmt(env.get(k))}" for k in keys)
 

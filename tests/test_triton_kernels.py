@@ -104,12 +104,28 @@ def test_core_long_sequence(dtype):
     check_core(64, 2, 20, dtype)
 
 
-@pytest.mark.parametrize("schedule", ["sequence", "step"])
-def test_core_tiled(schedule):
+@pytest.mark.parametrize("schedule,max_programs", [
+    ("sequence", None), ("step", None),
+    ("persistent", 2),      # nh = 1: one program per batch tile runs the real grid barrier
+    ("persistent", 4),      # nh = 2 < 3 hidden tiles: a program strides over two of them
+    ("persistent", None)])  # nh = 3: one program per hidden tile
+def test_core_tiled(schedule, max_programs):
     """Tiles smaller than H and B: H = 33 over three 16-wide hidden and K tiles, B = 17 over two
-    batch tiles; both schedules (one launch for all steps / one launch per step)."""
+    batch tiles; every schedule (one launch for all steps / one launch per step / persistent
+    grid capped at ``max_programs``; under the interpreter nh > 1 runs one launch per step)."""
     check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2],
-               launch=Launch(schedule, 16, 16, 16, 1))
+               launch=Launch(schedule, 16, 16, 16, 1, max_programs))
+
+
+@pytest.mark.parametrize("batch,hidden,cap,want", [
+    (17, 33, 2, (2, 1)), (17, 33, 4, (2, 2)), (17, 33, None, (2, 3)), (17, 33, 132, (2, 3)),
+    (16, 768, 132, (1, 48)), (64, 1024, 132, (4, 33)), (4096, 64, 132, (256, 1))])
+def test_persistent_grid_keeps_every_waiting_program_resident(batch, hidden, cap, want):
+    """nb * nh never exceeds the cap where programs wait for each other (nh > 1)."""
+    from charlstm.backends.triton.common import persistent_grid
+    nb, nh = persistent_grid(batch, hidden, 16, 16, cap)
+    assert (nb, nh) == want
+    assert nh == 1 or cap is None or nb * nh <= cap
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -294,7 +310,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
             n = prm.name
             if prm.is_constexpr:
                 out[n] = "constexpr"
-            elif n == "len_ptr":
+            elif n in ("len_ptr", "sync_ptr"):
                 out[n] = "*i32"
             elif n.endswith("_ptr"):
                 out[n] = "*fp32" if n in fp32_ptrs else "*" + dt
@@ -304,8 +320,11 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 
     target = GPUTarget("cuda", 90, 32)
     blocks = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
-    for dt, has_len in (("fp32", False), ("fp16", True), ("bf16", True)):
+    for dt, has_len, sync in (("fp32", False, False), ("fp16", True, False),
+                              ("bf16", True, False), ("fp32", False, True),
+                              ("fp16", True, True), ("bf16", True, True)):
         prec = "ieee" if dt == "fp32" else "tf32"
+        blocks.update(GRID_SYNC=sync, SYNC_SLOTS=64, XCACHE=".cg" if sync else "")
         fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
                         constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
                                         **blocks))
@@ -330,12 +349,12 @@ def _has_nvidia_compiler() -> bool:
 
 @pytest.mark.skipif(not _has_nvidia_compiler(), reason="Triton's NVIDIA backend (ptxas) is absent")
 def test_kernels_compile_for_sm90():
-    """Both kernels compile to sm_90 cubins for every dtype, with and without ``lengths``
-    (ahead of time: no GPU needed)."""
+    """Both kernels compile to sm_90 cubins for every dtype, with and without ``lengths``, with
+    and without the persistent schedule's grid barrier (ahead of time: no GPU needed)."""
     r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=_subprocess_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.count("ok") == 6
+    assert r.stdout.count("ok") == 12
 
 
 # ----------------------------------------------------------------------------- GPU only
@@ -395,6 +414,30 @@ def test_gpu_long_sequence_bf16_stable():
             (err, spec_err)
 
 
+def test_schedule_from_environment(monkeypatch):
+    """CHARLSTM_TRITON_SCHEDULE picks the schedule per call; a bad value names the variable,
+    the allowed values and what it got; an explicit argument wins."""
+    from charlstm.backends.triton import common
+    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "step")
+    assert common.choose_launch(4, 32).schedule == "step"
+    assert common.choose_launch(4, 32, "persistent").schedule == "persistent"
+    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "warp")
+    with pytest.raises(ValueError, match=r"CHARLSTM_TRITON_SCHEDULE must be one of .*'warp'"):
+        common.choose_launch(4, 32)
+    monkeypatch.delenv("CHARLSTM_TRITON_SCHEDULE")
+    assert common.choose_launch(4, 32).schedule == ("sequence" if INTERPRET else "persistent")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("schedule", ["persistent", "sequence", "step"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_schedules_many_programs(schedule, dtype):
+    """On a GPU, each schedule at a size where the persistent grid has many programs per batch
+    tile (H = 300 over 16-wide tiles: 19 programs) and several batch tiles (B = 40), packed."""
+    lengths = [24 - (b % 24) for b in range(40)]
+    check_core(24, 40, 300, dtype, lengths=lengths, launch=Launch(schedule, 16, 16, 64, 4))
+
+
 def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):
     """CHARLSTM_TRITON_AUTOTUNE=0 gives GPU launches one fixed configuration (used by
     scripts/gpu_check.sh so test runs don't compile every config for every shape)."""
@@ -402,8 +445,8 @@ def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):
     monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
     fixed = common.choose_launch(8, 512)
-    assert fixed.fixed and fixed.schedule == "step"
-    first = common.tune_configs()[0]
+    assert fixed.fixed and fixed.schedule == "persistent"
+    first = common.tune_configs("persistent")[0]
     assert (fixed.block_b, fixed.block_h, fixed.block_k, fixed.num_warps) == (
         first.kwargs["BLOCK_B"], first.kwargs["BLOCK_H"], first.kwargs["BLOCK_K"], first.num_warps)
     monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "1")

@@ -3,10 +3,13 @@
 Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
 
 The recurrence runs in reverse, ``t = T-1 .. 0``, plus one closing pass ``t = -1`` that only
-produces ``dh0``/``dc0``.  Same two schedules and ownership as the forward (:mod:`.forward`):
-``"sequence"`` -- one launch, program ``p`` owns batch tile ``p`` and all hidden units and runs
-every step itself, ``tl.debug_barrier()`` between steps; ``"step"`` -- one launch per step,
-program ``(p, q)`` owns batch tile ``p`` and hidden tile ``q``.
+produces ``dh0``/``dc0``.  Same three schedules and ownership as the forward (:mod:`.forward`):
+``"persistent"`` -- one launch, program ``(p, q)`` owns every ``nh``-th hidden tile of batch
+tile ``p`` and meets its batch tile's other programs at :func:`.common.grid_barrier` after every
+step (``dz`` is what crosses programs); ``"sequence"`` -- one launch, program ``p`` owns batch
+tile ``p`` and all hidden units and runs every step itself, ``tl.debug_barrier()`` between
+steps; ``"step"`` -- one launch per step, program ``(p, q)`` owns batch tile ``p`` and hidden
+tile ``q``.
 
 Per step ``t`` and tile of ``BLOCK_H`` hidden units ``j``, in one pass:
 
@@ -39,7 +42,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import INTERPRET, Launch, backward_precision, choose_launch, tanh, tune_configs
+from .common import (Launch, backward_precision, choose_launch, grid_barrier, run_schedule, tanh,
+                     tuned_kernels)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
 
@@ -48,8 +52,9 @@ __all__ = ["backward", "lstm_bwd_kernel"]
 def lstm_bwd_kernel(
         dhs_ptr, dhT_ptr, dcT_ptr, w_ptr, c0_ptr, cs_ptr, gates_ptr, len_ptr,  # inputs
         dgates_ptr, dh0_ptr, dc0_ptr, dzbuf_ptr, dhbuf_ptr, dcbuf_ptr,        # outputs, scratch
-        t_first, t_count, T, B, H,
+        sync_ptr, t_first, t_count, T, B, H,
         HAS_LENGTHS: tl.constexpr, PRECISION: tl.constexpr,
+        GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Run backward steps ``t_first, t_first - 1, .., t_first - t_count + 1`` (down to -1).
 
@@ -58,6 +63,8 @@ def lstm_bwd_kernel(
     ``HAS_LENGTHS``.  Outputs ``dgates [T,B,4H]``, ``dh0, dc0 [B,H]`` in D.  Scratch (float32):
     ``dzbuf[p]`` holds ``dz`` of the last step of parity p, ``dhbuf[p]``/``dcbuf[p]`` the
     carried ``dh``/``dc`` entering step ``t`` stored by step ``t`` (dh) / ``t+1`` (dc).
+    ``sync``, ``GRID_SYNC``, ``SYNC_SLOTS``, ``XCACHE``: the persistent schedule's step flags
+    and barrier, as in :func:`.forward.lstm_fwd_kernel` (``dzbuf`` is what crosses programs).
     """
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -101,7 +108,8 @@ def lstm_bwd_kernel(
                 rk = k0 + rk0
                 km = rk < G
                 dz = tl.load(dzbuf_ptr + p_in * B * G + row_g + rk[None, :],
-                             mask=act_next[:, None] & km[None, :], other=0.0)
+                             mask=act_next[:, None] & km[None, :], other=0.0,
+                             cache_modifier=XCACHE)
                 w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=km[:, None] & jm,
                             other=0.0).to(tl.float32)
                 rec = tl.dot(dz, w, rec, input_precision=PRECISION)
@@ -144,11 +152,13 @@ def lstm_bwd_kernel(
             tl.store(dcbuf_ptr + p_out * BH + off, tl.where(a2, dc * f, dc_carry), mask=rm)
             tl.store(dh0_ptr + off, dh_carry.to(OUT_T), mask=close & jm)
             tl.store(dc0_ptr + off, dc_carry.to(OUT_T), mask=close & jm)
-        # the next step reads dz and dh written by other threads of this program
-        tl.debug_barrier()
+        if GRID_SYNC:   # the next step reads dz written by the other programs of this batch tile
+            grid_barrier(sync_ptr + pid_b * SYNC_SLOTS, pid_h, n_h, s + 1, SYNC_SLOTS)
+        else:           # ... or by other threads of this program
+            tl.debug_barrier()
 
 
-_tuned = None if INTERPRET else triton.autotune(configs=tune_configs(), key=["B", "H"])(lstm_bwd_kernel)
+_tuned = tuned_kernels(lstm_bwd_kernel)
 
 
 def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
@@ -170,23 +180,10 @@ def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs
     dzbuf = torch.empty(2, B, G, device=dev, dtype=torch.float32)
     dhbuf = torch.empty(2, B, H, device=dev, dtype=torch.float32)
     dcbuf = torch.empty(2, B, H, device=dev, dtype=torch.float32)
-    launch = launch or choose_launch(B, H)
     args = (dhs, dhT, dcT, w_hh, c0, cs, gates, lengths if lengths is not None else cs,
             dgates, dh0, dc0, dzbuf, dhbuf, dcbuf)
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=backward_precision(D))
-    step = launch.schedule == "step"
-    if launch.fixed:
-        kernel, meta = lstm_bwd_kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
-                                             BLOCK_K=launch.block_k, num_warps=launch.num_warps)
-    else:
-        kernel, meta = _tuned, {}
-
-    def grid(m):
-        return (triton.cdiv(B, m["BLOCK_B"]), triton.cdiv(H, m["BLOCK_H"]) if step else 1)
-
-    if step:
-        for t in range(T - 1, -2, -1):
-            kernel[grid](*args, t, 1, T, B, H, **flags, **meta)
-    else:
-        kernel[grid](*args, T - 1, T + 1, T, B, H, **flags, **meta)
+    # steps T-1 .. 0, then the closing pass t = -1 that writes dh0/dc0
+    run_schedule(lstm_bwd_kernel, _tuned, launch or choose_launch(B, H), T=T, B=B, H=H,
+                 args=args, flags=flags, first=T - 1, count=T + 1, direction=-1, device=dev)
     return dgates, dh0, dc0

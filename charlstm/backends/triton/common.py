@@ -4,8 +4,12 @@
   (``TRITON_INTERPRET=1`` was set before the kernels were defined).  Decided once, at import,
   exactly as Triton decides it.
 * :func:`dot_mode` -- how a kernel feeds ``tl.dot`` for an input dtype (see its docstring).
-* :class:`Launch` and :func:`choose_launch` -- the schedule (``"sequence"``: one launch runs
-  every step; ``"step"``: one launch per time step) and the block sizes.
+* :class:`Launch` and :func:`choose_launch` -- the schedule (``"sequence"``, ``"step"`` or
+  ``"persistent"``, see :class:`Launch`) and the block sizes.
+* :func:`run_schedule` -- launches a forward or backward kernel under a :class:`Launch`
+  (grid, per-step loop, step flags), the one place both kernels' launch logic lives.
+* :func:`grid_barrier` -- the ``"persistent"`` schedule's per-step barrier among the programs
+  of one batch tile (``@triton.jit``, GPU only in earnest; see its docstring).
 * :func:`lstm_cell`, :func:`tanh` -- ``@triton.jit`` pointwise math in float32.
 """
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "backward_precision", "choose_launch",
-           "dot_mode", "lstm_cell", "tanh", "tune_configs"]
+__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "backward_precision",
+           "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
+           "run_schedule", "tanh", "tune_configs"]
 
 
 def _interpreting() -> bool:
@@ -73,10 +78,23 @@ def backward_precision(dtype: torch.dtype) -> str:
 class Launch(NamedTuple):
     """How one call is launched.
 
-    ``schedule``: ``"sequence"`` -- grid ``(ceil(B / block_b), 1)``, one launch, each program
-    runs every time step for its batch rows and all hidden units; ``"step"`` -- grid
-    ``(ceil(B / block_b), ceil(H / block_h))``, one launch per time step, each program owns
-    one tile of hidden units.  ``block_*``/``num_warps``: ``None`` lets the GPU autotuner pick.
+    ``schedule``:
+
+    * ``"sequence"`` -- grid ``(ceil(B / block_b), 1)``, one launch; each program runs every
+      time step for its batch rows and all hidden units and never waits for another program.
+      The interpreter's default; on a GPU it uses only ``ceil(B / block_b)`` SMs.
+    * ``"step"`` -- grid ``(ceil(B / block_b), ceil(H / block_h))``, one launch per time step;
+      the kernel boundary is the step barrier (pays one launch per step).
+    * ``"persistent"`` -- grid ``(nb, nh)`` with ``nb = ceil(B / block_b)`` and ``nh`` hidden
+      programs per batch tile, capped so that all ``nb * nh`` programs are resident at once
+      (``nb * nh <= max_programs``, default: the GPU's SM count); one launch, each program owns
+      every ``nh``-th hidden tile of its batch tile, and the ``nh`` programs of a batch tile
+      meet at :func:`grid_barrier` after every step.  The GPU default.  Under the interpreter
+      (programs run one after another, a barrier among several would deadlock) the same grid
+      runs one launch per step when ``nh > 1``; with ``nh == 1`` the barrier code itself runs.
+
+    ``block_*``/``num_warps``: ``None`` lets the GPU autotuner pick.  ``max_programs``: cap on
+    the persistent grid (tests use it to force ``nh``); ignored by the other schedules.
     """
 
     schedule: str
@@ -84,6 +102,7 @@ class Launch(NamedTuple):
     block_h: Optional[int] = None
     block_k: Optional[int] = None
     num_warps: Optional[int] = None
+    max_programs: Optional[int] = None
 
     @property
     def fixed(self) -> bool:
@@ -102,37 +121,168 @@ def interpreter_blocks(batch: int, hidden: int) -> dict:
     bk = min(256, max(16, triton.next_power_of_2(4 * hidden)))
     return dict(block_b=bb, block_h=bh, block_k=bk, num_warps=1)
 
-#: hidden sizes up to this run the "sequence" schedule on a GPU, larger ones "step".  NOT
-#: measured yet: a first guess (one SM reads all of W_hh from L2 every step in "sequence";
-#: "step" spreads W_hh over many SMs but pays one launch per step).
-SEQUENCE_MAX_HIDDEN = 256
 
-SCHEDULES = ("sequence", "step")
+SCHEDULES = ("sequence", "step", "persistent")
 
 
 def choose_launch(batch: int, hidden: int, schedule: Optional[str] = None) -> Launch:
-    """The launch for a batch/hidden size; ``schedule`` forces ``"sequence"`` or ``"step"``."""
+    """The launch for a batch/hidden size; ``schedule`` forces one of :data:`SCHEDULES`.
+
+    Default: the ``CHARLSTM_TRITON_SCHEDULE`` environment variable (read per call; benchmarks
+    use it to compare schedules), else ``"sequence"`` under the interpreter (fewest interpreted
+    operations) and ``"persistent"`` on a GPU -- NOT yet measured against the others on a GPU;
+    it is the schedule that spreads ``W_hh`` over many SMs without paying a launch per step.
+    """
+    source = "schedule"
     if schedule is None:
-        schedule = "sequence" if (INTERPRET or hidden <= SEQUENCE_MAX_HIDDEN) else "step"
+        schedule = os.environ.get("CHARLSTM_TRITON_SCHEDULE") or None
+        source = "CHARLSTM_TRITON_SCHEDULE"
+    if schedule is None:
+        schedule = "sequence" if INTERPRET else "persistent"
     if schedule not in SCHEDULES:
-        raise ValueError(f"triton backend: schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"triton backend: {source} must be one of {SCHEDULES}, got {schedule!r}")
     if INTERPRET:
         return Launch(schedule, **interpreter_blocks(batch, hidden))
     if not _autotune_enabled():
-        first = tune_configs()[0]
+        first = tune_configs(schedule)[0]
         return Launch(schedule, block_b=first.kwargs["BLOCK_B"], block_h=first.kwargs["BLOCK_H"],
                       block_k=first.kwargs["BLOCK_K"], num_warps=first.num_warps)
     return Launch(schedule)
 
 
-def tune_configs() -> list:
-    """Autotuner configurations (GPU only) over BLOCK_B, BLOCK_H, BLOCK_K and warps."""
-    out = []
-    for bb, bh, bk, w in ((16, 32, 32, 4), (16, 64, 64, 4), (16, 32, 64, 2), (32, 32, 64, 4),
-                          (32, 64, 64, 4), (64, 64, 32, 8), (64, 64, 64, 8)):
-        out.append(triton.Config({"BLOCK_B": bb, "BLOCK_H": bh, "BLOCK_K": bk}, num_warps=w,
-                                 num_stages=2))
+def tune_configs(schedule: str = "sequence") -> list:
+    """Autotuner configurations (GPU only) over BLOCK_B, BLOCK_H, BLOCK_K and warps.
+
+    ``"persistent"`` adds 16-wide hidden tiles: more programs per batch tile, so each SM reads
+    a smaller slice of ``W_hh`` per step (the point of that schedule at small batch).
+    """
+    blocks = [(16, 32, 32, 4), (16, 64, 64, 4), (16, 32, 64, 2), (32, 32, 64, 4),
+              (32, 64, 64, 4), (64, 64, 32, 8), (64, 64, 64, 8)]
+    if schedule == "persistent":
+        blocks = [(16, 16, 64, 4), (16, 16, 128, 4), (16, 32, 64, 4), (16, 32, 128, 4),
+                  (32, 16, 64, 4), (32, 32, 64, 4), (64, 32, 64, 8)]
+    return [triton.Config({"BLOCK_B": bb, "BLOCK_H": bh, "BLOCK_K": bk}, num_warps=w, num_stages=2)
+            for bb, bh, bk, w in blocks]
+
+
+def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
+                    max_programs: Optional[int]) -> tuple[int, int]:
+    """``(nb, nh)`` of the persistent schedule: ``nh`` hidden programs per batch tile, at most
+    one per hidden tile and at least one, with ``nb * nh <= max_programs`` where ``nh > 1`` (so
+    every program that waits at :func:`grid_barrier` has all its partners resident; with
+    ``nh == 1`` nobody waits for anybody and ``nb`` may exceed the cap)."""
+    nb = triton.cdiv(batch, block_b)
+    tiles = triton.cdiv(hidden, block_h)
+    if max_programs is None:
+        return nb, tiles
+    return nb, max(1, min(tiles, max_programs // nb))
+
+
+#: width of a batch tile's row of step flags: a power of two >= every persistent ``nh``
+def sync_slots(max_programs: Optional[int], hidden: int) -> int:
+    """Flags per batch tile: a power of two >= the largest ``nh`` any configuration may use."""
+    most = triton.cdiv(hidden, 16) if max_programs is None else min(max_programs,
+                                                                   triton.cdiv(hidden, 16))
+    return max(2, triton.next_power_of_2(most))
+
+
+def _device_programs(device: torch.device) -> Optional[int]:
+    """Programs that can be resident at once on ``device`` (one per SM); None under the
+    interpreter (no limit: the interpreter runs programs one after another)."""
+    if INTERPRET or device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int, args: tuple,
+                 flags: dict, first: int, count: int, direction: int, device: torch.device) -> None:
+    """Launch a forward or backward kernel for the steps ``first, first + direction, ..``
+    (``count`` of them) under ``launch``.
+
+    The kernel's signature is ``(*args, sync_ptr, t_first, t_count, T, B, H, **flags,
+    GRID_SYNC, SYNC_SLOTS, XCACHE, BLOCK_B, BLOCK_H, BLOCK_K)``; this function supplies
+    everything from ``sync_ptr`` on (the zeroed step flags of :func:`grid_barrier`, the step
+    range, the persistent-schedule constants and the blocks).  ``tuned`` maps a schedule to
+    its autotuned wrapper (:func:`tuned_kernels`, GPU only).  Forward: ``first = 0,
+    direction = +1``; backward: ``first = T - 1, direction = -1`` (the kernel counts down).
+    """
+    if launch.fixed:
+        kern, meta = kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
+                                  BLOCK_K=launch.block_k, num_warps=launch.num_warps)
+    else:
+        kern, meta = tuned[launch.schedule], {}
+    cap = launch.max_programs if launch.max_programs is not None else _device_programs(device)
+    slots = sync_slots(cap, H)
+    sched = launch.schedule
+    per_step = sched == "step"
+    grid_sync = False
+    if sched == "persistent":
+        nh = persistent_grid(B, H, launch.block_b or 16, launch.block_h or 16, cap)[1]
+        # interpreter: a barrier among several programs would deadlock (they run one by one)
+        per_step = INTERPRET and nh > 1
+        grid_sync = not per_step
+
+    def grid(m):
+        if sched == "sequence":
+            return (triton.cdiv(B, m["BLOCK_B"]), 1)
+        if sched == "step":
+            return (triton.cdiv(B, m["BLOCK_B"]), triton.cdiv(H, m["BLOCK_H"]))
+        return persistent_grid(B, H, m["BLOCK_B"], m["BLOCK_H"], cap)
+
+    # the step flags, one row of `slots` per possible batch tile (BLOCK_B >= 16); only the
+    # persistent schedule reads them (the autotuner zeroes them again before each timing run)
+    sync = torch.zeros(triton.cdiv(B, 16) * slots if sched == "persistent" else 1,
+                       device=device, dtype=torch.int32)
+    sync_flags = dict(GRID_SYNC=grid_sync, SYNC_SLOTS=slots, XCACHE=".cg" if grid_sync else "")
+    if per_step:
+        for s in range(count):
+            kern[grid](*args, sync, first + direction * s, 1, T, B, H, **flags, **sync_flags,
+                       **meta)
+    else:
+        kern[grid](*args, sync, first, count, T, B, H, **flags, **sync_flags, **meta)
+
+
+def tuned_kernels(kernel) -> dict:
+    """One autotuned wrapper of ``kernel`` per schedule (separate caches: the best blocks of
+    a one-launch schedule are not those of a per-step one), keyed on B and H; the persistent
+    one zeroes its step flags before every timing run.  Empty under the interpreter."""
+    if INTERPRET:
+        return {}
+    out = {}
+    for sched in SCHEDULES:
+        extra = dict(reset_to_zero=["sync_ptr"]) if sched == "persistent" else {}
+        out[sched] = triton.autotune(configs=tune_configs(sched), key=["B", "H"], **extra)(kernel)
     return out
+
+
+@triton.jit
+def grid_barrier(flags_ptr, slot, n_slots, value, SYNC_SLOTS: tl.constexpr):
+    """Barrier of the ``"persistent"`` schedule among the ``n_slots`` programs of one batch tile.
+
+    ``flags_ptr`` points at the batch tile's ``SYNC_SLOTS`` int32 step flags (zero at launch);
+    the caller is program ``slot`` and has just finished step number ``value`` (1, 2, ..).
+    Protocol (a fresh value per step, so no flag is ever reset inside a launch):
+
+    1. ``tl.debug_barrier()``: every thread of the program has issued its stores of this step;
+    2. ``atomic_xchg(flag[slot], value)`` with release semantics at GPU scope publishes them
+       (exchange, not add: correct even if every thread executed it);
+    3. spin on an acquire read of all ``n_slots`` flags until their minimum reaches ``value``;
+    4. ``tl.debug_barrier()``: no thread reads the next step's inputs before the acquire.
+
+    Needs every program of the batch tile resident (see :func:`persistent_grid`).  Readers of
+    other programs' data load it with ``cache_modifier=".cg"`` (L2, not a possibly stale L1).
+    Under the interpreter it runs only with ``n_slots == 1``, where it never waits.
+    """
+    tl.debug_barrier()
+    tl.atomic_xchg(flags_ptr + slot, value, sem="release", scope="gpu")
+    rs = tl.arange(0, SYNC_SLOTS)
+    smask = rs < n_slots
+    seen = tl.min(tl.where(smask, tl.atomic_add(flags_ptr + rs, 0, mask=smask, sem="acquire",
+                                                scope="gpu"), value), axis=0)
+    while seen < value:
+        seen = tl.min(tl.where(smask, tl.atomic_add(flags_ptr + rs, 0, mask=smask, sem="acquire",
+                                                    scope="gpu"), value), axis=0)
+    tl.debug_barrier()
 
 
 @triton.jit

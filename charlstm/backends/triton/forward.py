@@ -2,8 +2,13 @@
 
 Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
 
-One kernel, :func:`lstm_fwd_kernel`, serves both schedules of :mod:`.common`:
+One kernel, :func:`lstm_fwd_kernel`, serves the three schedules of :mod:`.common`:
 
+* ``"persistent"`` (GPU default; grid ``(nb, nh)``, one launch): program ``(p, q)`` owns batch
+  tile ``p`` and every ``nh``-th hidden tile from ``q``, runs every step, and after each step
+  meets the other ``nh - 1`` programs of its batch tile at :func:`.common.grid_barrier` (step
+  flags, release/acquire at GPU scope); ``h`` crosses programs through ``hbuf``, read with
+  ``.cg`` loads.  Under the interpreter it runs one launch per step when ``nh > 1``.
 * ``"sequence"`` (grid ``(ceil(B/BLOCK_B), 1)``, one launch): program ``p`` owns batch rows
   ``[p*BLOCK_B, (p+1)*BLOCK_B)`` and *all* hidden units, and runs every time step itself, so
   no program ever waits for another (this is why it also runs under the interpreter, which
@@ -20,7 +25,8 @@ accumulators in registers -- the gate pre-activations never go to global memory.
 
 What lives where: across steps nothing stays in registers or shared memory (``W_hh`` tiles are
 re-read every step, from L2 once warm); ``h`` is exchanged through a double-buffered scratch
-``hbuf [2, B, H]`` (input dtype, step parity), ``c_prev`` is read back from ``cs[t-1]``.
+``hbuf [2, B, H]`` (input dtype, step parity), ``c_prev`` is read back from ``cs[t-1]``;
+the persistent schedule adds its step flags, ``[ceil(B/16), SYNC_SLOTS]`` int32.
 Written per step: ``hs[t]`` (dtype D), ``cs[t]`` (float32), ``gates[t]`` (float32), ``hbuf``;
 ``hT``/``cT`` at the last step.  Saved for backward (by the contract): ``cs`` and ``gates``, i.e.
 4 + 16 = 20 bytes per element of T x B x H (plus ``hs``, 2 or 4 bytes, which the layer keeps).
@@ -38,7 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import INTERPRET, Launch, choose_launch, dot_mode, lstm_cell, tune_configs
+from .common import (Launch, choose_launch, dot_mode, grid_barrier, lstm_cell, run_schedule,
+                     tuned_kernels)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
 
@@ -47,15 +54,18 @@ __all__ = ["forward", "lstm_fwd_kernel"]
 def lstm_fwd_kernel(
         xproj_ptr, w_ptr, h0_ptr, c0_ptr, len_ptr,            # inputs
         hs_ptr, hT_ptr, cT_ptr, cs_ptr, gates_ptr, hbuf_ptr,  # outputs and scratch
-        t_first, t_count, T, B, H,
+        sync_ptr, t_first, t_count, T, B, H,
         HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+        GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Run steps ``t_first .. t_first + t_count - 1`` of the forward recurrence.
 
     Pointers are to contiguous tensors: ``xproj [T,B,4H]``, ``w [4H,H]``, ``h0, c0 [B,H]``
     (dtype D), ``len [B]`` int32 (ignored unless ``HAS_LENGTHS``), ``hs [T,B,H]`` D,
     ``hT, cT [B,H]`` D, ``cs [T,B,H]`` f32, ``gates [T,B,4H]`` f32, ``hbuf [2,B,H]`` D scratch
-    (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).
+    (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).  ``sync [nb, SYNC_SLOTS]``
+    int32 zeros: the step flags of :func:`.common.grid_barrier` when ``GRID_SYNC`` (the
+    persistent schedule), which also loads ``hbuf`` with ``XCACHE = ".cg"``.
     """
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -99,7 +109,8 @@ def lstm_fwd_kernel(
                 kmask = rk < H
                 hoff = row_h + rk[None, :]
                 # h[t-1]: from h0 at step 0, else from the scratch of this step's parity
-                h = (tl.load(hbuf_ptr + cur * BH + hoff, mask=prev_r & kmask[None, :], other=0.0)
+                h = (tl.load(hbuf_ptr + cur * BH + hoff, mask=prev_r & kmask[None, :], other=0.0,
+                             cache_modifier=XCACHE)
                      + tl.load(h0_ptr + hoff, mask=first_r & kmask[None, :], other=0.0))
                 wm = kmask[:, None] & jmask[None, :]
                 w_t = w_ptr + rj[None, :] * H + rk[:, None]        # W[gate*H + j, k] as [K, J]
@@ -129,19 +140,22 @@ def lstm_fwd_kernel(
             tl.store(g_t + 3 * H, o, mask=m2)
             c_keep = tl.where(act, c_new, c_prev)
             tl.store(cs_ptr + t64 * BH + off, c_keep, mask=m2)
-            h_old = (tl.load(hbuf_ptr + cur * BH + off, mask=prev_r & jmask[None, :], other=0.0)
+            h_old = (tl.load(hbuf_ptr + cur * BH + off, mask=prev_r & jmask[None, :], other=0.0,
+                             cache_modifier=XCACHE)
                      + tl.load(h0_ptr + off, mask=first_r & jmask[None, :], other=0.0))
             h_keep = tl.where(act, h_new, h_old)
             tl.store(hbuf_ptr + (1 - cur) * BH + off, h_keep, mask=m2)
             tl.store(hs_ptr + t64 * BH + off, tl.where(act, h_new, tl.zeros_like(h_new)), mask=m2)
             tl.store(hT_ptr + off, h_keep, mask=last_r & jmask[None, :])
             tl.store(cT_ptr + off, c_keep.to(OUT_T), mask=last_r & jmask[None, :])
-        # the next step reads h written by other threads of this program (no-op when interpreting)
-        tl.debug_barrier()
+        if GRID_SYNC:   # the next step reads h written by the other programs of this batch tile
+            grid_barrier(sync_ptr + pid_b * SYNC_SLOTS, pid_h, n_h, s + 1, SYNC_SLOTS)
+        else:           # ... or by other threads of this program (no-op when interpreting)
+            tl.debug_barrier()
 
 
-#: the same kernel behind Triton's autotuner (GPU only), keyed on B, H and the dtypes
-_tuned = None if INTERPRET else triton.autotune(configs=tune_configs(), key=["B", "H"])(lstm_fwd_kernel)
+#: the same kernel behind Triton's autotuner (GPU only), one wrapper per schedule
+_tuned = tuned_kernels(lstm_fwd_kernel)
 
 
 def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], *,
@@ -164,24 +178,10 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Option
         cT.copy_(c0)
         return hs, hT, cT, cs, gates
     hbuf = torch.empty(2, B, H, device=dev, dtype=D)
-    launch = launch or choose_launch(B, H)
     dot_f32, precision = dot_mode(D)
     args = (xproj, w_hh, h0, c0, lengths if lengths is not None else xproj,
             hs, hT, cT, cs, gates, hbuf)
     flags = dict(HAS_LENGTHS=lengths is not None, DOT_F32=dot_f32, PRECISION=precision)
-    step = launch.schedule == "step"
-    if launch.fixed:
-        kernel, meta = lstm_fwd_kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
-                                             BLOCK_K=launch.block_k, num_warps=launch.num_warps)
-    else:
-        kernel, meta = _tuned, {}
-
-    def grid(m):
-        return (triton.cdiv(B, m["BLOCK_B"]), triton.cdiv(H, m["BLOCK_H"]) if step else 1)
-
-    if step:
-        for t in range(T):
-            kernel[grid](*args, t, 1, T, B, H, **flags, **meta)
-    else:
-        kernel[grid](*args, 0, T, T, B, H, **flags, **meta)
+    run_schedule(lstm_fwd_kernel, _tuned, launch or choose_launch(B, H), T=T, B=B, H=H,
+                 args=args, flags=flags, first=0, count=T, direction=1, device=dev)
     return hs, hT, cT, cs, gates
