@@ -14,10 +14,11 @@
 #   memcheck, racecheck, synccheck
 #                compute-sanitizer --tool <tool> on scripts/cuda_sanitize_case.py
 #   bench        benchmarks/bench_lstm.py --quick, plus one full-size row per backend
-#                (B=16, T=1024, H=768, bfloat16) and the B=1, H=512 per-step latency (triton
-#                with one fixed configuration); short bench_train.py and bench_sample.py runs
-#                (char-rnn characters/s per backend); then the headline row for triton
-#                autotuned, and with each of its other two schedules
+#                (B=16, T=1024, H=768, bfloat16) and the B=1, H=512 per-step latency, for the
+#                cuda and the triton backend in separate runs (triton with one fixed
+#                configuration); short bench_train.py and bench_sample.py runs (char-rnn
+#                characters/s per backend); then the headline row for triton autotuned, and
+#                with each of its other two schedules.  Every run has its own timeout.
 #   fixtures     tests/cudnn_fixtures/generate.py --device cuda  (cuDNN's outputs and gradients)
 #   fixture-tests  tests/test_cudnn_fixtures.py against the fixtures just generated
 #
@@ -27,7 +28,7 @@
 #   summary.txt      the one-screen summary printed at the end
 #   summary.json     the same, machine-readable
 #   results.tar.gz   results/{logs/*.log, junit-*.xml, bench/*.json|md|png, fixtures/*}
-#   bench.md         the benchmark table (when the bench step produced one)
+#   bench.md         the benchmark tables (when the bench step produced any), concatenated
 # The summary and the archive are rewritten after every step, so an interrupted run still leaves
 # what it did.  Environment knobs: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 540:
 # total seconds; a step never gets more than what is left), GPU_CHECK_TIMEOUT_<STEP> (seconds,
@@ -140,33 +141,52 @@ step_memcheck() { sanitize memcheck; }
 step_racecheck() { sanitize racecheck; }
 step_synccheck() { sanitize synccheck; }
 
+# one benchmark invocation under its own timeout, so that a hung kernel (e.g. a spin barrier
+# that never opens) costs that invocation only; a timeout is listed in the step's note
+bench_part() {
+  local secs=$1 label=$2; shift 2
+  echo "-- $label (timeout ${secs}s): $*"
+  timeout -k 5 "$secs" "$@"
+  local rc=$?
+  case $rc in 0) ;; 124|137) echo "$label: timeout after ${secs}s" >> "$RES/logs/$STEP.parts" ;;
+    *) echo "$label: exit $rc" >> "$RES/logs/$STEP.parts" ;; esac
+  return $rc
+}
+
 step_bench() {
   need_gpu
-  # 1. the quick grid, the headline row and the latency, every backend.  The triton backend
-  #    runs one fixed configuration here (autotuning every shape would not fit the budget);
-  #    the JSON records triton_autotune=false.
-  CHARLSTM_TRITON_AUTOTUNE=0 "$PY" benchmarks/bench_lstm.py --quick --row 16,1024,768,bfloat16 \
-    --latency --out "$RES/bench" --tag gpu-check
-  local rc=$?
+  local rc=0 B="$PY benchmarks/bench_lstm.py" ROW=16,1024,768,bfloat16 sched
+  : > "$RES/logs/$STEP.parts"
+  # 1. quick grid + headline row (B=16, T=1024, H=768 bf16) + B=1/H=512 latency: cuDNN and the
+  #    cuda backend, then cuDNN and the triton backend (separate runs: a hang in one backend
+  #    cannot take the other's numbers with it; the ratio is always to cuDNN in the same run).
+  #    triton runs one fixed configuration here (autotuning every shape would not fit the
+  #    budget); its JSON records triton_autotune=false.
+  bench_part 90 lstm-cuda $B --quick --row $ROW --latency --backends torch,cuda \
+    --out "$RES/bench" --tag gpu-check-cuda || rc=1
+  CHARLSTM_TRITON_AUTOTUNE=0 bench_part 90 lstm-triton $B --quick --row $ROW --latency \
+    --backends torch,triton --out "$RES/bench" --tag gpu-check-triton || rc=1
   # 2. char-rnn training and sampling characters/s per backend (short runs)
-  CHARLSTM_TRITON_AUTOTUNE=0 "$PY" benchmarks/bench_train.py --iters 20 --warmup-iters 5 \
+  CHARLSTM_TRITON_AUTOTUNE=0 bench_part 45 train "$PY" benchmarks/bench_train.py --iters 20 \
+    --warmup-iters 5 --out "$RES/bench" --tag gpu-check || rc=1
+  CHARLSTM_TRITON_AUTOTUNE=0 bench_part 30 sample "$PY" benchmarks/bench_sample.py --length 200 \
     --out "$RES/bench" --tag gpu-check || rc=1
-  CHARLSTM_TRITON_AUTOTUNE=0 "$PY" benchmarks/bench_sample.py --length 200 --out "$RES/bench" \
-    --tag gpu-check || rc=1
-  # 3. the headline row for the triton backend: autotuned default (persistent) schedule, then
-  #    the other two schedules with the fixed configuration (what choose_launch's rule needs)
-  "$PY" benchmarks/bench_lstm.py --row 16,1024,768,bfloat16 --backends torch,triton \
-    --out "$RES/bench" --tag gpu-check-triton-tuned --no-plot || rc=1
+  # 3. the headline row for triton autotuned (default, persistent schedule), then its other two
+  #    schedules with the fixed configuration (what choose_launch's rule needs)
+  bench_part 60 triton-tuned $B --row $ROW --backends torch,triton --no-plot \
+    --out "$RES/bench" --tag gpu-check-triton-tuned || rc=1
   for sched in sequence step; do
-    CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_TRITON_SCHEDULE=$sched "$PY" benchmarks/bench_lstm.py \
-      --row 16,1024,768,bfloat16 --backends torch,triton --out "$RES/bench" \
-      --tag gpu-check-triton-$sched --no-plot || rc=1
+    CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_TRITON_SCHEDULE=$sched bench_part 30 triton-$sched \
+      $B --row $ROW --backends torch,triton --no-plot --out "$RES/bench" \
+      --tag gpu-check-triton-$sched || rc=1
   done
-  "$PY" - "$RES/bench" > "$RES/logs/$STEP.note" <<'EOF'
+  "$PY" - "$RES/bench" "$RES/logs/$STEP.parts" > "$RES/logs/$STEP.note" <<'EOF'
 import glob, json, sys
 rows = [r for f in glob.glob(sys.argv[1] + "/*.json") for r in json.load(open(f))["rows"]]
 errs = [r for r in rows if "error" in r]
-print(f"{len(rows)} rows, {len(errs)} with errors" + (f" (first: {errs[0]['backend']})" if errs else ""))
+parts = [l.strip() for l in open(sys.argv[2]) if l.strip()]
+print(f"{len(rows)} rows, {len(errs)} with errors" + (f" (first: {errs[0]['backend']})" if errs else "")
+      + (f"; {'; '.join(parts)}" if parts else ""))
 EOF
   return $rc
 }
@@ -182,13 +202,13 @@ step_fixture_tests() {
   CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
     --junitxml="$RES/junit-fixtures.xml"
 }
-export -f run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_memcheck step_racecheck \
+export -f bench_part run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_memcheck step_racecheck \
   step_synccheck step_bench step_fixtures step_fixture_tests
 
 default_timeout() {
   case $1 in
     env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; triton) echo 60 ;; memcheck) echo 90 ;;
-    racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 240 ;; fixtures) echo 60 ;;
+    racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 300 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac
 }
@@ -229,9 +249,8 @@ json.dump({"commit": commit, "device": device, "gpu": gpu == "1", "steps": steps
           indent=1)
 EOF
   tar -czf "$OUT/results.tar.gz.tmp" -C "$WORK" results && mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
-  local md
-  md=$(ls "$RES"/bench/*.md 2>/dev/null | head -1)
-  [ -n "$md" ] && cp "$md" "$OUT/bench.md"
+  # every benchmark table of the run, one after another
+  if ls "$RES"/bench/*.md >/dev/null 2>&1; then cat "$RES"/bench/*.md > "$OUT/bench.md"; fi
   return 0
 }
 
