@@ -15,10 +15,11 @@
 #                compute-sanitizer --tool <tool> on scripts/cuda_sanitize_case.py
 #   bench        benchmarks/bench_lstm.py --quick, plus one full-size row per backend
 #                (B=16, T=1024, H=768, bfloat16) and the B=1, H=512 per-step latency, for the
-#                cuda and the triton backend in separate runs (triton with one fixed
-#                configuration); short bench_train.py and bench_sample.py runs (char-rnn
-#                characters/s per backend); then the headline row for triton autotuned, and
-#                with each of its other two schedules.  Every run has its own timeout.
+#                cuda backend (auto and persistent_tc paths) and the triton backend in
+#                separate runs (triton with one fixed configuration); short bench_train.py and bench_sample.py runs (char-rnn
+#                characters/s per backend); then the headline row for cuda's stepwise path,
+#                for triton autotuned, and for each of triton's other two schedules.  Every
+#                run has its own timeout.
 #   fixtures     tests/cudnn_fixtures/generate.py --device cuda  (cuDNN's outputs and gradients)
 #   fixture-tests  tests/test_cudnn_fixtures.py against the fixtures just generated
 #
@@ -162,7 +163,8 @@ step_bench() {
   #    cannot take the other's numbers with it; the ratio is always to cuDNN in the same run).
   #    triton runs one fixed configuration here (autotuning every shape would not fit the
   #    budget); its JSON records triton_autotune=false.
-  bench_part 90 lstm-cuda $B --quick --row $ROW --latency --backends torch,cuda \
+  #    cuda runs its auto path (persistent when it fits) and the opt-in tensor-core forward.
+  bench_part 90 lstm-cuda $B --quick --row $ROW --latency --backends torch,cuda,cuda:persistent_tc \
     --out "$RES/bench" --tag gpu-check-cuda || rc=1
   CHARLSTM_TRITON_AUTOTUNE=0 bench_part 90 lstm-triton $B --quick --row $ROW --latency \
     --backends torch,triton --out "$RES/bench" --tag gpu-check-triton || rc=1
@@ -175,6 +177,8 @@ step_bench() {
   #    schedules with the fixed configuration (what choose_launch's rule needs)
   bench_part 60 triton-tuned $B --row $ROW --backends torch,triton --no-plot \
     --out "$RES/bench" --tag gpu-check-triton-tuned || rc=1
+  bench_part 30 cuda-stepwise $B --row $ROW --latency --backends torch,cuda:stepwise --no-plot \
+    --out "$RES/bench" --tag gpu-check-cuda-stepwise || rc=1
   for sched in sequence step; do
     CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_TRITON_SCHEDULE=$sched bench_part 30 triton-$sched \
       $B --row $ROW --backends torch,triton --no-plot --out "$RES/bench" \
