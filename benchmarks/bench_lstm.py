@@ -256,6 +256,11 @@ def main(argv=None) -> int:
         plan.append(("latency", lat, ["fwd"]))
 
     env = common.environment(device)
+    config = {"grid": grid if run_grid else None, "rows": args.row, "latency": lat,
+              "modes": args.modes, "warmup": warmup, "reps": reps, "backends": args.backends,
+              "input_size": "= hidden", "bidirectional": False,
+              "flops": "2*T*B*4H*(I+H) per layer forward; fwd+bwd = 3x forward"}
+    tag = args.tag or ("quick" if args.quick else None)
     rows, skipped_all = [], {}
     torch.manual_seed(0)
     for i, (section, cfg, modes) in enumerate(plan):
@@ -268,14 +273,13 @@ def main(argv=None) -> int:
                                                  if "error" not in r else "error") for r in new]
         print(f"[{i + 1}/{len(plan)}] {section} B={cfg['batch']} T={cfg['seq']} H={cfg['hidden']} "
               f"L={cfg['layers']} {cfg['dtype']}: {' '.join(done)}", flush=True)
+        if i + 1 < len(plan):   # a killed run (timeout, hung kernel) keeps what it measured
+            common.write_partial("bench_lstm", tag, args.out, env, config, rows, COLUMNS,
+                                 title="charlstm LSTM benchmark", done=i + 1, total=len(plan))
 
-    config = {"grid": grid if run_grid else None, "rows": args.row, "latency": lat,
-              "modes": args.modes, "warmup": warmup, "reps": reps, "backends": args.backends,
-              "input_size": "= hidden", "bidirectional": False,
-              "flops": "2*T*B*4H*(I+H) per layer forward; fwd+bwd = 3x forward"}
     draw = None if args.no_plot else (
         lambda png: plot(rows, png, f"speed-up over torch, {env['device_name']}"))
-    return common.finish("bench_lstm", args.tag or ("quick" if args.quick else None), args.out,
+    return common.finish("bench_lstm", tag, args.out,
                          env, device, config, rows, COLUMNS, title="charlstm LSTM benchmark",
                          notes=[f"skipped {k}: {v}" for k, v in skipped_all.items()], plot=draw)
 

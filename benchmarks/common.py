@@ -324,7 +324,7 @@ def write_results(out_dir, name: str, env: dict, config: dict, rows: Sequence[di
     payload = {"benchmark": name, "environment": env, "config": config, "rows": list(rows),
                "notes": list(notes)}
     jpath = out / f"{name}.json"
-    jpath.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    _write_atomic(jpath, json.dumps(payload, indent=1, default=str) + "\n")
     label = "CPU run: not GPU numbers" if env.get("device", "").startswith("cpu") else env.get("device_name")
     md = [f"# {title} ({label})", "", environment_markdown(env), ""]
     md += [f"> {n}" for n in notes]
@@ -332,8 +332,16 @@ def write_results(out_dir, name: str, env: dict, config: dict, rows: Sequence[di
         md.append("")
     md += [markdown_table(rows, columns), ""]
     mpath = out / f"{name}.md"
-    mpath.write_text("\n".join(md))
+    _write_atomic(mpath, "\n".join(md))
     return {"json": str(jpath), "md": str(mpath)}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a run killed mid-write (gpu_check's
+    timeouts) leaves the previous complete file, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> None:
@@ -500,6 +508,18 @@ def finish(script: str, tag, out_dir, env: dict, device, config: dict, rows: Seq
     if errors:
         print(f"{len(errors)} row(s) failed; see the 'error' column", file=sys.stderr)
     return 1 if errors and len(errors) == len(rows) else 0
+
+
+def write_partial(script: str, tag, out_dir, env: dict, config: dict, rows: Sequence[dict],
+                  columns: Sequence[tuple[str, str]], title: str, done: int, total: int) -> None:
+    """Write the results so far under the final names, marked partial (``config["partial"]``
+    and a note), so that a run killed before :func:`finish` still leaves its measurements;
+    :func:`finish` overwrites them.  Quiet: prints nothing."""
+    part = dict(config, partial=f"{done} of {total} configurations measured")
+    write_results(default_out_dir(out_dir), result_name(script, env, tag), env, part, rows,
+                  columns, title=title,
+                  notes=[f"PARTIAL: the run stopped or is still running after {done} of {total} "
+                         f"configurations"])
 
 
 def setup_charrnn_run(args):

@@ -89,6 +89,34 @@ def test_bench_lstm_end_to_end(tmp_path):
     assert path.with_suffix(".png").is_file()
 
 
+def test_bench_lstm_killed_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A run stopped after two of its four configurations (gpu_check's timeouts kill hung runs)
+    leaves JSON + Markdown with those rows, marked partial; a finished run has no marker."""
+    real, calls = bench_lstm.measure, []
+
+    def measure_then_die(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt   # stands in for the SIGTERM/SIGKILL of `timeout`
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench_lstm, "measure", measure_then_die)
+    argv = ["--batch", "1", "2", "--hidden", "8", "16", "--seq", "3", "--layers", "1",
+            "--dtypes", "float32", "--warmup", "0", "--reps", "1", "--modes", "fwd",
+            "--backends", "torch", "--device", "cuda" if GPU else "cpu", "--out", str(tmp_path),
+            "--tag", "t", "--no-plot"]
+    with pytest.raises(KeyboardInterrupt):
+        bench_lstm.main(argv)
+    data, path = _load(tmp_path, "bench_lstm")
+    assert data["config"]["partial"] == "2 of 4 configurations measured"
+    assert len(data["rows"]) == 2 and "PARTIAL" in path.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(bench_lstm, "measure", real)
+    assert bench_lstm.main(argv) == 0
+    data, _ = _load(tmp_path, "bench_lstm")
+    assert "partial" not in data["config"] and len(data["rows"]) == 4
+
+
 def test_bench_train_and_sample_end_to_end(tmp_path):
     dev = ["--device", "cuda" if GPU else "cpu", "--out", str(tmp_path), "--backends", "torch,reference"]
     assert bench_train.main(["--rnn-size", "8", "--num-layers", "1", "--batch", "2", "--seq", "4",
