@@ -13,6 +13,8 @@
 //   that same thread wrote.
 // Stepwise path (fallback): the same fused step, one launch per t from a host loop; W_hh rows are
 //   read from global memory/L2; kernel boundaries order the steps.  Capturable in a CUDA graph.
+// AUTO: the tensor-core persistent forward for float16/bfloat16 at B >= CHARLSTM_TC_MIN_BATCH
+//   (launch.h) when its layout fits, else persistent when it fits, else stepwise.
 #include <type_traits>
 
 #include "host_common.cuh"
@@ -42,7 +44,8 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_tc_kernel(FwdParams<T
 }
 
 // Launch the tensor-core persistent forward (float16/bfloat16 only).  Returns a status, with
-// *launched = false (and no error) when the shape does not fit and `forced` is false.
+// *launched = false (and no error) when the shape does not fit, or the cooperative grid is too
+// large, and `forced` is false (AUTO).
 template <typename T>
 static int launch_forward_tc(FwdParams<T>& p, cudaStream_t stream, bool forced, bool* launched) {
   *launched = false;
@@ -60,8 +63,13 @@ static int launch_forward_tc(FwdParams<T>& p, cudaStream_t stream, bool forced, 
   int units = pl.units;
   void* args[] = {&p, &units};
   e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem, stream);
-  if (e != cudaSuccess) return cuda_fail(e, "forward: persistent_tc cooperative launch");
-  *launched = true;
+  if (e == cudaSuccess) {
+    *launched = true;
+    return CHARLSTM_OK;
+  }
+  if (forced || e != cudaErrorCooperativeLaunchTooLarge)
+    return cuda_fail(e, "forward: persistent_tc cooperative launch");
+  (void)cudaGetLastError();  // AUTO: not sticky, the caller falls back to the FMA paths
   return CHARLSTM_OK;
 }
 
@@ -85,14 +93,20 @@ static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path
   p.H = a->H;
   const size_t rowbytes = (size_t)a->H * sizeof(T);  // one staged row of h
 
-  if (path == CHARLSTM_PATH_PERSISTENT_TC) {
+  if (path == CHARLSTM_PATH_PERSISTENT_TC ||
+      (path == CHARLSTM_PATH_AUTO && a->B >= CHARLSTM_TC_MIN_BATCH)) {
     if constexpr (std::is_same<T, float>::value) {
-      path = CHARLSTM_PATH_PERSISTENT;  // tensor cores for half types only
+      if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // half types only
     } else {
+      const bool forced = path == CHARLSTM_PATH_PERSISTENT_TC;
       bool launched = false;
-      int st = launch_forward_tc<T>(p, stream, true, &launched);
-      if (st == CHARLSTM_OK && used) *used = CHARLSTM_PATH_PERSISTENT_TC;
-      return st;
+      int st = launch_forward_tc<T>(p, stream, forced, &launched);
+      if (st != CHARLSTM_OK) return st;
+      if (launched) {  // (forced and not launched is an error, returned above)
+        if (used) *used = CHARLSTM_PATH_PERSISTENT_TC;
+        return CHARLSTM_OK;
+      }
+      // AUTO and the tensor-core layout does not fit: the FMA paths below
     }
   }
   if (path != CHARLSTM_PATH_STEPWISE) {

@@ -384,6 +384,24 @@ def test_tensor_core_forward_and_gradients_match_reference(dtype, shape, no_tf32
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype,batch,want", [
+    (torch.bfloat16, 16, "persistent_tc"), (torch.float16, 8, "persistent_tc"),
+    (torch.bfloat16, 7, "persistent"), (torch.float32, 16, "persistent")],
+    ids=["bf16-B16", "f16-B8", "bf16-B7", "f32-B16"])
+def test_auto_forward_uses_tensor_cores_for_half_types_from_batch_8(dtype, batch, want, no_tf32):
+    """auto's forward rule (CHARLSTM_TC_MIN_BATCH = 8 in csrc/launch.h), and that the path it
+    picks is correct; the backward stays on the FMA persistent path."""
+    core = _require_cuda(dtype)
+    from charlstm.backends import reference
+    args = _inputs(5, batch, 96, dtype, True)
+    with cuda_backend.use_path("auto"):
+        got = core.fwd_op(*args)
+    assert cuda_backend.last_path()["forward"] == want
+    for name, a, b in zip(("hs", "hT", "cT", "cs", "gates"), got, reference.forward(*args)):
+        _close(a, b, dtype, f"auto ({want}) {name}")
+
+
+@pytest.mark.cuda
 def test_tensor_core_path_runs_fma_for_float32():
     core = _require_cuda()
     args = _inputs(3, 2, 20, torch.float32, False)
