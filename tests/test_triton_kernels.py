@@ -24,6 +24,7 @@ import textwrap
 
 import pytest
 import torch
+import triton
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import charlstm
@@ -115,6 +116,56 @@ def test_core_tiled(schedule, max_programs):
     grid capped at ``max_programs``; under the interpreter nh > 1 runs one launch per step)."""
     check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2],
                launch=Launch(schedule, 16, 16, 16, 1, max_programs))
+
+
+@pytest.mark.parametrize("launch", [
+    Launch("step", 16, 4, 16, 1),                                   # 4-wide tiles (dot N = 16)
+    Launch("persistent", 16, 8, 32, 1, max_programs=2),             # 8-wide, grid barrier, nh=1
+    Launch("step", 16, 8, 64, 1, w_resident=True),                  # W_hh slice in registers
+    Launch("persistent", 16, 4, 64, 1, w_resident=True),            # ... one launch per step
+    Launch("persistent", 32, 16, 64, 1, max_programs=4, w_resident=True)],  # ... nh = 3 tiles
+    ids=["step-bh4", "persistent-bh8-barrier", "step-resident", "persistent-resident",
+         "persistent-resident-wide"])
+def test_core_narrow_tiles_and_resident_weights(launch):
+    """The forward's gate-interleaved dot with hidden tiles narrower than 16 (the backward runs
+    16-wide ones), and W_RESIDENT (each program loads its W_hh slice once for all steps);
+    H = 33 (ragged tiles), B = 17, packed."""
+    check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2], launch=launch)
+
+
+@pytest.mark.parametrize("launch,msg", [
+    (Launch("sequence", 16, 16, 64, 1, w_resident=True), "one hidden tile per program"),
+    (Launch("step", 16, 16, 32, 1, w_resident=True), "block_k >= H"),
+    (Launch("persistent", 16, 16, 64, 1, max_programs=4, w_resident=True), "2 program")])
+def test_resident_launch_that_cannot_hold_its_slice_is_refused(launch, msg):
+    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 17, 33, torch.float32)
+    with pytest.raises(ValueError, match=msg):
+        tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
+
+
+@pytest.mark.parametrize("batch,hidden,dtype,cap,want", [
+    (16, 512, torch.bfloat16, None, [(4, 4), (8, 4), (16, 8)]),
+    (16, 768, torch.bfloat16, None, []),                   # K chunk 1024: spills, never resident
+    (16, 512, torch.float32, None, [(4, 4)]),              # 4-byte slices: only the narrowest fits
+    (16, 512, torch.bfloat16, 132, [(4, 4), (8, 4), (16, 8)]),
+    (32, 512, torch.bfloat16, 132, [(8, 4), (16, 8)]),     # 2 batch tiles: 66 programs each
+    (64, 512, torch.bfloat16, 132, [(16, 8)])])
+def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, cap, want):
+    """The persistent forward autotuner keeps every ordinary configuration, and W_RESIDENT ones
+    only where each program owns one hidden tile within the co-residency cap and the slice fits
+    the register budget -- with BLOCK_K set to next_pow2(H)."""
+    from charlstm.backends.triton import common
+    monkeypatch.setattr(common, "_device_programs", lambda device: cap)
+    configs = common.tune_configs("persistent", "forward")
+    kept = common._prune_resident(configs, {"B": batch, "H": hidden,
+                                            "w_ptr": torch.empty(0, dtype=dtype)})
+    ordinary = [c for c in configs if not c.kwargs["W_RESIDENT"]]
+    assert kept[:len(ordinary)] == ordinary
+    resident = kept[len(ordinary):]
+    assert [(c.kwargs["BLOCK_H"], c.num_warps) for c in resident] == want
+    assert all(c.kwargs["BLOCK_K"] == triton.next_power_of_2(hidden) for c in resident)
+    assert all("W_RESIDENT" not in c.kwargs for c in common.tune_configs("persistent", "backward"))
+    assert all(c.kwargs["BLOCK_H"] >= 16 for c in common.tune_configs("persistent", "backward"))
 
 
 @pytest.mark.parametrize("batch,hidden,cap,want", [
@@ -325,9 +376,12 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                               ("fp16", True, True), ("bf16", True, True)):
         prec = "ieee" if dt == "fp32" else "tf32"
         blocks.update(GRID_SYNC=sync, SYNC_SLOTS=64, XCACHE=".cg" if sync else "")
+        # the persistent variants: an 8-wide tile with W_hh register-resident (H <= 256)
+        fblocks = dict(blocks, BLOCK_H=8, BLOCK_K=256, W_RESIDENT=True) if sync else \
+            dict(blocks, W_RESIDENT=False)
         fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
                         constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
-                                        **blocks))
+                                        **fblocks))
         bwd = ASTSource(lstm_bwd_kernel, sig(lstm_bwd_kernel, dt, {"cs_ptr", "gates_ptr",
                         "dzbuf_ptr", "dhbuf_ptr", "dcbuf_ptr"}),
                         constexprs=dict(HAS_LENGTHS=has_len, PRECISION=prec, **blocks))
@@ -429,13 +483,18 @@ def test_schedule_from_environment(monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("schedule", ["persistent", "sequence", "step"])
+@pytest.mark.parametrize("launch", [
+    Launch("persistent", 16, 16, 64, 4), Launch("persistent", 16, 8, 64, 4),
+    Launch("persistent", 16, 8, 512, 4, w_resident=True), Launch("sequence", 16, 16, 64, 4),
+    Launch("step", 16, 16, 64, 4)],
+    ids=["persistent", "persistent-bh8", "persistent-resident", "sequence", "step"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_schedules_many_programs(schedule, dtype):
+def test_gpu_schedules_many_programs(launch, dtype):
     """On a GPU, each schedule at a size where the persistent grid has many programs per batch
-    tile (H = 300 over 16-wide tiles: 19 programs) and several batch tiles (B = 40), packed."""
+    tile (H = 300 over 16-wide tiles: 19 programs; 8-wide: 38) and several batch tiles
+    (B = 40), packed; and W_hh register-resident (float32: a 64 KiB slice, which may spill)."""
     lengths = [24 - (b % 24) for b in range(40)]
-    check_core(24, 40, 300, dtype, lengths=lengths, launch=Launch(schedule, 16, 16, 64, 4))
+    check_core(24, 40, 300, dtype, lengths=lengths, launch=launch)
 
 
 def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):

@@ -158,7 +158,7 @@ def lstm_bwd_kernel(
             tl.debug_barrier()
 
 
-_tuned = tuned_kernels(lstm_bwd_kernel)
+_tuned = tuned_kernels(lstm_bwd_kernel, "backward")
 
 
 def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
@@ -183,7 +183,10 @@ def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs
     args = (dhs, dhT, dcT, w_hh, c0, cs, gates, lengths if lengths is not None else cs,
             dgates, dh0, dc0, dzbuf, dhbuf, dcbuf)
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=backward_precision(D))
+    launch = launch or choose_launch(B, H)
+    if launch.fixed and launch.block_h < 16:   # this kernel's dot has the hidden tile as N
+        launch = launch._replace(block_h=16)
     # steps T-1 .. 0, then the closing pass t = -1 that writes dh0/dc0
-    run_schedule(lstm_bwd_kernel, _tuned, launch or choose_launch(B, H), T=T, B=B, H=H,
+    run_schedule(lstm_bwd_kernel, _tuned, launch, T=T, B=B, H=H,
                  args=args, flags=flags, first=T - 1, count=T + 1, direction=-1, device=dev)
     return dgates, dh0, dc0

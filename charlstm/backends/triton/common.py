@@ -95,6 +95,10 @@ class Launch(NamedTuple):
 
     ``block_*``/``num_warps``: ``None`` lets the GPU autotuner pick.  ``max_programs``: cap on
     the persistent grid (tests use it to force ``nh``); ignored by the other schedules.
+    ``w_resident``: the forward keeps its ``W_hh`` slice in registers for all steps (needs one
+    hidden tile per program and ``block_k >= H``; see :func:`.forward.lstm_fwd_kernel`); the
+    backward ignores it.  The backward also raises ``block_h`` to 16 (its ``tl.dot`` has the
+    hidden tile as N, which must be >= 16; the forward's N is ``4 * block_h``).
     """
 
     schedule: str
@@ -103,6 +107,7 @@ class Launch(NamedTuple):
     block_k: Optional[int] = None
     num_warps: Optional[int] = None
     max_programs: Optional[int] = None
+    w_resident: bool = False
 
     @property
     def fixed(self) -> bool:
@@ -144,25 +149,79 @@ def choose_launch(batch: int, hidden: int, schedule: Optional[str] = None) -> La
     if INTERPRET:
         return Launch(schedule, **interpreter_blocks(batch, hidden))
     if not _autotune_enabled():
-        first = tune_configs(schedule)[0]
+        first = tune_configs(schedule)[0]     # an ordinary (not W_RESIDENT) configuration
         return Launch(schedule, block_b=first.kwargs["BLOCK_B"], block_h=first.kwargs["BLOCK_H"],
                       block_k=first.kwargs["BLOCK_K"], num_warps=first.num_warps)
     return Launch(schedule)
 
 
-def tune_configs(schedule: str = "sequence") -> list:
-    """Autotuner configurations (GPU only) over BLOCK_B, BLOCK_H, BLOCK_K and warps.
+#: (BLOCK_B, BLOCK_H, BLOCK_K, warps) tried by the autotuner of the "sequence"/"step" kernels
+_BLOCKS = [(16, 32, 32, 4), (16, 64, 64, 4), (16, 32, 64, 2), (32, 32, 64, 4), (32, 64, 64, 4),
+           (64, 64, 32, 8), (64, 64, 64, 8)]
+#: ... of the "persistent" kernels: narrower hidden tiles, i.e. more programs per batch tile, so
+#: each SM reads a smaller slice of W_hh per step (the point of that schedule at small batch)
+_PERSISTENT_BLOCKS = [(16, 16, 64, 4), (16, 16, 128, 4), (16, 32, 64, 4), (32, 16, 64, 4),
+                      (32, 32, 64, 4), (64, 32, 64, 8)]
+#: the persistent forward only (its gate-interleaved dot allows 8-wide hidden tiles)
+_PERSISTENT_FWD_BLOCKS = [(16, 8, 64, 4), (16, 8, 128, 4)]
+#: (BLOCK_B, BLOCK_H, warps) of the persistent forward with W_hh register-resident; BLOCK_K is
+#: set to next_pow2(H) per shape by :func:`_prune_resident`
+_RESIDENT_BLOCKS = [(16, 4, 4), (16, 8, 4), (16, 16, 8)]
+#: W_RESIDENT limits, from ptxas register reports of this kernel (Triton 3.6, sm_90a,
+#: bfloat16, BLOCK_B = 16; compile facts, not timings): K chunks of 512 with a W_hh slice of up
+#: to 8 KiB per warp compiled without spills (BLOCK_H 4/8 at 4 warps, 8/16 at 8 warps); every
+#: 1024-wide K chunk spilled (0.5 to 5 KB), even at 8 warps.  So: H <= 512 only.
+RESIDENT_MAX_K = 512
+RESIDENT_BYTES_PER_WARP = 8 * 1024
 
-    ``"persistent"`` adds 16-wide hidden tiles: more programs per batch tile, so each SM reads
-    a smaller slice of ``W_hh`` per step (the point of that schedule at small batch).
-    """
-    blocks = [(16, 32, 32, 4), (16, 64, 64, 4), (16, 32, 64, 2), (32, 32, 64, 4),
-              (32, 64, 64, 4), (64, 64, 32, 8), (64, 64, 64, 8)]
-    if schedule == "persistent":
-        blocks = [(16, 16, 64, 4), (16, 16, 128, 4), (16, 32, 64, 4), (16, 32, 128, 4),
-                  (32, 16, 64, 4), (32, 32, 64, 4), (64, 32, 64, 8)]
-    return [triton.Config({"BLOCK_B": bb, "BLOCK_H": bh, "BLOCK_K": bk}, num_warps=w, num_stages=2)
-            for bb, bh, bk, w in blocks]
+
+def tune_configs(schedule: str = "sequence", direction: str = "forward") -> list:
+    """Autotuner configurations (GPU only) over BLOCK_B, BLOCK_H, BLOCK_K and warps, for the
+    ``direction`` ("forward"/"backward") kernel under ``schedule``.  The first one is the
+    fixed configuration of ``CHARLSTM_TRITON_AUTOTUNE=0``.  Forward configurations also set
+    ``W_RESIDENT``; the persistent forward adds 8-wide tiles and register-resident ``W_hh``
+    variants (``BLOCK_K = 0`` until :func:`_prune_resident` sets it per shape)."""
+    persistent = schedule == "persistent"
+    forward = direction == "forward"
+    blocks = list(_PERSISTENT_BLOCKS if persistent else _BLOCKS)
+    if persistent and forward:
+        blocks += _PERSISTENT_FWD_BLOCKS
+
+    def cfg(bb, bh, bk, w, resident=False):
+        kw = {"BLOCK_B": bb, "BLOCK_H": bh, "BLOCK_K": bk}
+        if forward:
+            kw["W_RESIDENT"] = resident
+        return triton.Config(kw, num_warps=w, num_stages=2)
+
+    out = [cfg(*b) for b in blocks]
+    if persistent and forward:
+        out += [cfg(bb, bh, 0, w, True) for bb, bh, w in _RESIDENT_BLOCKS]
+    return out
+
+
+def _prune_resident(configs, named_args, **_):
+    """The persistent forward autotuner's ``early_config_prune``: keeps every ordinary
+    configuration and each W_RESIDENT one that can run this shape -- every program owns one
+    hidden tile inside the co-residency cap, ``next_pow2(H) <= RESIDENT_MAX_K`` and the slice
+    fits ``RESIDENT_BYTES_PER_WARP`` -- with its ``BLOCK_K`` set to ``next_pow2(H)``."""
+    B, H = int(named_args["B"]), int(named_args["H"])
+    w = named_args["w_ptr"]
+    cap = _device_programs(w.device)
+    hp = max(16, triton.next_power_of_2(H))
+    out = []
+    for c in configs:
+        kw = c.kwargs
+        if not kw.get("W_RESIDENT"):
+            out.append(c)
+            continue
+        nh = persistent_grid(B, H, kw["BLOCK_B"], kw["BLOCK_H"], cap)[1]
+        slice_bytes = hp * 4 * kw["BLOCK_H"] * w.element_size()
+        if (nh * kw["BLOCK_H"] < H or hp > RESIDENT_MAX_K
+                or slice_bytes > RESIDENT_BYTES_PER_WARP * c.num_warps):
+            continue
+        out.append(triton.Config(dict(kw, BLOCK_K=hp), num_warps=c.num_warps,
+                                 num_stages=c.num_stages))
+    return out
 
 
 def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
@@ -195,7 +254,8 @@ def _device_programs(device: torch.device) -> Optional[int]:
 
 
 def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int, args: tuple,
-                 flags: dict, first: int, count: int, direction: int, device: torch.device) -> None:
+                 flags: dict, first: int, count: int, direction: int, device: torch.device,
+                 fixed_extra: Optional[dict] = None) -> None:
     """Launch a forward or backward kernel for the steps ``first, first + direction, ..``
     (``count`` of them) under ``launch``.
 
@@ -205,13 +265,17 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
     range, the persistent-schedule constants and the blocks).  ``tuned`` maps a schedule to
     its autotuned wrapper (:func:`tuned_kernels`, GPU only).  Forward: ``first = 0,
     direction = +1``; backward: ``first = T - 1, direction = -1`` (the kernel counts down).
+    ``fixed_extra``: more constexprs for a fixed launch (the forward's ``W_RESIDENT``).
     """
+    cap = launch.max_programs if launch.max_programs is not None else _device_programs(device)
     if launch.fixed:
         kern, meta = kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
                                   BLOCK_K=launch.block_k, num_warps=launch.num_warps)
+        meta.update(fixed_extra or {})
+        if meta.get("W_RESIDENT"):
+            _check_resident(launch, B, H, cap)
     else:
         kern, meta = tuned[launch.schedule], {}
-    cap = launch.max_programs if launch.max_programs is not None else _device_programs(device)
     slots = sync_slots(cap, H)
     sched = launch.schedule
     per_step = sched == "step"
@@ -242,16 +306,39 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
         kern[grid](*args, sync, first, count, T, B, H, **flags, **sync_flags, **meta)
 
 
-def tuned_kernels(kernel) -> dict:
-    """One autotuned wrapper of ``kernel`` per schedule (separate caches: the best blocks of
-    a one-launch schedule are not those of a per-step one), keyed on B and H; the persistent
-    one zeroes its step flags before every timing run.  Empty under the interpreter."""
+def _check_resident(launch: Launch, B: int, H: int, cap: Optional[int]) -> None:
+    """A fixed W_RESIDENT launch must give every program exactly one hidden tile and cover H
+    with one K chunk; a clear error otherwise (the kernel itself cannot check)."""
+    if launch.schedule == "sequence":
+        nh = 1
+    elif launch.schedule == "step":
+        nh = triton.cdiv(H, launch.block_h)
+    else:
+        nh = persistent_grid(B, H, launch.block_b, launch.block_h, cap)[1]
+    if launch.block_k < H or nh * launch.block_h < H:
+        raise ValueError(
+            f"triton backend: w_resident needs block_k >= H and one hidden tile per program; "
+            f"got H={H}, block_k={launch.block_k}, {nh} program(s) x block_h={launch.block_h} "
+            f"per batch tile ({launch.schedule} schedule)")
+
+
+def tuned_kernels(kernel, direction: str) -> dict:
+    """One autotuned wrapper of the ``direction`` ("forward"/"backward") ``kernel`` per schedule
+    (separate caches: the best blocks of a one-launch schedule are not those of a per-step one),
+    keyed on B and H; the persistent ones zero their step flags before every timing run, and
+    the persistent forward prunes its W_RESIDENT configurations per shape.  Empty under the
+    interpreter."""
     if INTERPRET:
         return {}
     out = {}
     for sched in SCHEDULES:
-        extra = dict(reset_to_zero=["sync_ptr"]) if sched == "persistent" else {}
-        out[sched] = triton.autotune(configs=tune_configs(sched), key=["B", "H"], **extra)(kernel)
+        extra = {}
+        if sched == "persistent":
+            extra["reset_to_zero"] = ["sync_ptr"]
+            if direction == "forward":
+                extra["prune_configs_by"] = {"early_config_prune": _prune_resident}
+        out[sched] = triton.autotune(configs=tune_configs(sched, direction), key=["B", "H"],
+                                     **extra)(kernel)
     return out
 
 

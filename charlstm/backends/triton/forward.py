@@ -18,13 +18,18 @@ One kernel, :func:`lstm_fwd_kernel`, serves the three schedules of :mod:`.common
   ``(p, q)`` owns batch tile ``p`` and hidden tile ``q``; the kernel boundary is the step barrier.
 
 Per step and per tile of ``BLOCK_H`` hidden units ``j`` (of the program's batch tile), in one
-pass: the four gate accumulators ``z_i, z_f, z_g, z_o`` [BLOCK_B, BLOCK_H] start from
-``xproj[t]`` and receive ``h[t-1] @ W_hh[gate*H + j, :]^T`` with ``tl.dot`` over ``BLOCK_K``
-chunks of ``h``; the activations, ``c = f*c_prev + i*g`` and ``h = o*tanh(c)`` follow on the
-accumulators in registers -- the gate pre-activations never go to global memory.
+pass: one float32 accumulator ``[BLOCK_B, 4 * BLOCK_H]`` receives ``h[t-1] @ Wcat`` with one
+``tl.dot`` per ``BLOCK_K`` chunk of ``h``, where ``Wcat`` is the gate-interleaved slice of
+``W_hh^T`` (column ``4 * jj + gate`` is row ``gate * H + j0 + jj`` of ``W_hh``: one dot with
+N = ``4 * BLOCK_H`` instead of four with N = ``BLOCK_H``, which also allows 4- and 8-wide hidden
+tiles); a reshape to ``[BLOCK_B, BLOCK_H, 2, 2]`` and two ``tl.split`` give ``z_i, z_f, z_g,
+z_o``, to which ``xproj[t]`` is added; the activations, ``c = f*c_prev + i*g`` and ``h =
+o*tanh(c)`` follow on registers -- the gate pre-activations never go to global memory.
 
-What lives where: across steps nothing stays in registers or shared memory (``W_hh`` tiles are
-re-read every step, from L2 once warm); ``h`` is exchanged through a double-buffered scratch
+What lives where: with ``W_RESIDENT`` (persistent forward, H <= 512, one hidden tile per
+program; chosen by the autotuner where it fits) the program's ``Wcat`` slice is loaded once and
+stays in registers for all steps; otherwise nothing stays on chip across steps (``W_hh`` tiles
+are re-read every step, from L2 once warm).  ``h`` is exchanged through a double-buffered scratch
 ``hbuf [2, B, H]`` (input dtype, step parity), ``c_prev`` is read back from ``cs[t-1]``;
 the persistent schedule adds its step flags, ``[ceil(B/16), SYNC_SLOTS]`` int32.
 Written per step: ``hs[t]`` (dtype D), ``cs[t]`` (float32), ``gates[t]`` (float32), ``hbuf``;
@@ -57,7 +62,8 @@ def lstm_fwd_kernel(
         sync_ptr, t_first, t_count, T, B, H,
         HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
         GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        W_RESIDENT: tl.constexpr):
     """Run steps ``t_first .. t_first + t_count - 1`` of the forward recurrence.
 
     Pointers are to contiguous tensors: ``xproj [T,B,4H]``, ``w [4H,H]``, ``h0, c0 [B,H]``
@@ -66,6 +72,13 @@ def lstm_fwd_kernel(
     (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).  ``sync [nb, SYNC_SLOTS]``
     int32 zeros: the step flags of :func:`.common.grid_barrier` when ``GRID_SYNC`` (the
     persistent schedule), which also loads ``hbuf`` with ``XCACHE = ".cg"``.
+
+    The matmul is one ``tl.dot`` per K chunk on a gate-interleaved ``[BLOCK_K, 4 * BLOCK_H]``
+    slice of ``W_hh^T`` (column ``4 * jj + gate`` = row ``gate * H + j0 + jj`` of ``W_hh``), so
+    ``BLOCK_H`` may be 4 or 8 (``tl.dot`` needs N >= 16).  ``W_RESIDENT``: the program loads
+    its slice once, before the first step, and keeps it in registers for every step; valid
+    only when each program owns exactly one hidden tile (``n_h * BLOCK_H >= H``) and one K
+    chunk covers H (``BLOCK_K >= H``) -- :func:`.common.run_schedule` checks both.
     """
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -81,8 +94,17 @@ def lstm_fwd_kernel(
     G = 4 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
+    rc = tl.arange(0, 4 * BLOCK_H)   # dot column c = 4 * jj + gate
+    c_gate = rc % 4
+    c_jj = rc // 4
     row_g = rb[:, None] * G          # row offsets into [.., B, 4H] and [.., B, H] tensors
     row_h = rb[:, None] * H
+    if W_RESIDENT:                   # this program's only hidden tile, all of K, for all steps
+        rjc = pid_h * BLOCK_H + c_jj
+        w_res = tl.load(w_ptr + (c_gate * H + rjc)[None, :] * H + rk0[:, None],
+                        mask=(rk0 < H)[:, None] & (rjc < H)[None, :], other=0.0)
+        if DOT_F32:
+            w_res = w_res.to(tl.float32)
     for s in range(0, t_count):
         t = t_first + s
         t64 = t.to(tl.int64)
@@ -98,12 +120,9 @@ def lstm_fwd_kernel(
             rj = j0 + rj0
             jmask = rj < H
             m2 = bmask[:, None] & jmask[None, :]
-            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
-            x_t = xproj_ptr + gofs
-            z_i = tl.load(x_t, mask=m2, other=0.0).to(tl.float32)
-            z_f = tl.load(x_t + H, mask=m2, other=0.0).to(tl.float32)
-            z_g = tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
-            z_o = tl.load(x_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
+            rjc = j0 + c_jj
+            w_cols = w_ptr + (c_gate * H + rjc)[None, :] * H
+            acc = tl.zeros([BLOCK_B, 4 * BLOCK_H], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
                 rk = k0 + rk0
                 kmask = rk < H
@@ -112,22 +131,26 @@ def lstm_fwd_kernel(
                 h = (tl.load(hbuf_ptr + cur * BH + hoff, mask=prev_r & kmask[None, :], other=0.0,
                              cache_modifier=XCACHE)
                      + tl.load(h0_ptr + hoff, mask=first_r & kmask[None, :], other=0.0))
-                wm = kmask[:, None] & jmask[None, :]
-                w_t = w_ptr + rj[None, :] * H + rk[:, None]        # W[gate*H + j, k] as [K, J]
-                w_i = tl.load(w_t, mask=wm, other=0.0)
-                w_f = tl.load(w_t + H * H, mask=wm, other=0.0)
-                w_g = tl.load(w_t + 2 * H * H, mask=wm, other=0.0)
-                w_o = tl.load(w_t + 3 * H * H, mask=wm, other=0.0)
+                if W_RESIDENT:
+                    w = w_res
+                else:
+                    w = tl.load(w_cols + rk[:, None], mask=kmask[:, None] & (rjc < H)[None, :],
+                                other=0.0)
+                    if DOT_F32:
+                        w = w.to(tl.float32)
                 if DOT_F32:
                     h = h.to(tl.float32)
-                    w_i = w_i.to(tl.float32)
-                    w_f = w_f.to(tl.float32)
-                    w_g = w_g.to(tl.float32)
-                    w_o = w_o.to(tl.float32)
-                z_i = tl.dot(h, w_i, z_i, input_precision=PRECISION)
-                z_f = tl.dot(h, w_f, z_f, input_precision=PRECISION)
-                z_g = tl.dot(h, w_g, z_g, input_precision=PRECISION)
-                z_o = tl.dot(h, w_o, z_o, input_precision=PRECISION)
+                acc = tl.dot(h, w, acc, input_precision=PRECISION)
+            # columns 4*jj + gate -> [BB, BH, 2, 2]: split the gate bit 0, then bit 1
+            z_even, z_odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
+            z_i, z_g = tl.split(z_even)
+            z_f, z_o = tl.split(z_odd)
+            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
+            x_t = xproj_ptr + gofs
+            z_i += tl.load(x_t, mask=m2, other=0.0).to(tl.float32)
+            z_f += tl.load(x_t + H, mask=m2, other=0.0).to(tl.float32)
+            z_g += tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
+            z_o += tl.load(x_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
             off = row_h + rj[None, :]
             c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :], other=0.0)
                       + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
@@ -155,7 +178,7 @@ def lstm_fwd_kernel(
 
 
 #: the same kernel behind Triton's autotuner (GPU only), one wrapper per schedule
-_tuned = tuned_kernels(lstm_fwd_kernel)
+_tuned = tuned_kernels(lstm_fwd_kernel, "forward")
 
 
 def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], *,
@@ -182,6 +205,8 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Option
     args = (xproj, w_hh, h0, c0, lengths if lengths is not None else xproj,
             hs, hT, cT, cs, gates, hbuf)
     flags = dict(HAS_LENGTHS=lengths is not None, DOT_F32=dot_f32, PRECISION=precision)
-    run_schedule(lstm_fwd_kernel, _tuned, launch or choose_launch(B, H), T=T, B=B, H=H,
-                 args=args, flags=flags, first=0, count=T, direction=1, device=dev)
+    launch = launch or choose_launch(B, H)
+    run_schedule(lstm_fwd_kernel, _tuned, launch, T=T, B=B, H=H, args=args, flags=flags,
+                 first=0, count=T, direction=1, device=dev,
+                 fixed_extra=dict(W_RESIDENT=launch.w_resident))
     return hs, hT, cT, cs, gates
