@@ -211,7 +211,7 @@ export -f bench_part run_pytest step_env step_build step_pytest_cuda step_triton
 
 default_timeout() {
   case $1 in
-    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 150 ;; triton) echo 60 ;; memcheck) echo 90 ;;
+    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 180 ;; triton) echo 60 ;; memcheck) echo 90 ;;
     racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 300 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac
