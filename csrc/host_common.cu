@@ -52,7 +52,7 @@ int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
 }
 
 int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
-                    bool tc, PersistentPlan* plan) {
+                    TcKind tc, PersistentPlan* plan) {
   plan->ok = false;
   plan->why[0] = '\0';
   int dev = 0, sms = 0, smem_optin = 0, coop = 0;
@@ -70,8 +70,9 @@ int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t
   const int units = (H + sms - 1) / sms;  // fewest units per block that cover H with <= sms blocks
   const int blocks = (H + units - 1) / units;
   const size_t wbytes = ((size_t)4 * units * H * elem + 15) & ~(size_t)15;
-  if (tc) {  // fixed layout: padded W tile, 16 staged rows, K-split partial sums
-    const size_t need = tc_layout(H, units, elem).total();
+  if (tc != kTcNone) {  // fixed layout: padded weight tile, 16 staged rows, K-split partial sums
+    const size_t need = (tc == kTcForward ? tc_layout(H, units, elem)
+                                          : tc_bwd_layout(H, units, elem)).total();
     if (need > (size_t)smem_optin) {
       std::snprintf(plan->why, sizeof(plan->why),
                     "the tensor-core layout needs %zu bytes of shared memory per block (%d units "

@@ -39,10 +39,12 @@ struct PersistentPlan {
 // bytes and whose staged batch row has `rowbytes` bytes, for a sequence of T steps.  Checks
 // shared memory, cooperative-launch support and co-residency (occupancy API), and sets the
 // kernel's dynamic shared memory attribute.  Returns CHARLSTM_OK or CHARLSTM_ERR_CUDA.
-// tc: the tensor-core forward kernel, whose shared memory is tc_layout(H, units).total()
-// (rowbytes and B are then ignored).
+// tc: kTcForward / kTcBackward for the tensor-core kernels, whose shared memory is
+// tc_layout(H, units) / tc_bwd_layout(H, units) .total() (rowbytes and B are then ignored);
+// kTcNone for the FMA kernels.
+enum TcKind { kTcNone = 0, kTcForward = 1, kTcBackward = 2 };
 int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
-                    bool tc, PersistentPlan* plan);
+                    TcKind tc, PersistentPlan* plan);
 
 // Stepwise launch plan: grid (ceil(H/units), ceil(B/rows)); each block stages `stage_rows`
 // rows of `rowbytes` bytes in `smem` bytes of shared memory (stage_rows == 0: no staging,
@@ -67,7 +69,7 @@ int launch_persistent(const void* kernel, Params& p, unsigned* counter, int T, i
                       cudaStream_t stream, int threads, bool* launched) {
   *launched = false;
   PersistentPlan pl;
-  int st = plan_persistent(kernel, T, B, H, elem, rowbytes, false, &pl);
+  int st = plan_persistent(kernel, T, B, H, elem, rowbytes, kTcNone, &pl);
   if (st != CHARLSTM_OK) return st;
   const bool forced = path == CHARLSTM_PATH_PERSISTENT;
   if (!pl.ok) {
@@ -94,6 +96,43 @@ int launch_persistent(const void* kernel, Params& p, unsigned* counter, int T, i
     return cuda_fail(e, what);
   }
   (void)cudaGetLastError();  // not sticky: the caller falls back to the stepwise path
+  return CHARLSTM_OK;
+}
+
+// Launch a tensor-core persistent kernel taking (Params, units) if its plan fits.  `forced`
+// (path PERSISTENT_TC): an unfit shape or a failed launch is an error; otherwise (AUTO) an
+// unfit shape or a too-large cooperative grid leaves *launched false and returns CHARLSTM_OK.
+template <typename Params>
+int launch_persistent_tc(const void* kernel, Params& p, unsigned* counter, int T, int B, int H,
+                         size_t elem, TcKind tc, bool forced, const char* who,
+                         cudaStream_t stream, int threads, bool* launched) {
+  *launched = false;
+  PersistentPlan pl;
+  int st = plan_persistent(kernel, T, B, H, elem, 0, tc, &pl);
+  if (st != CHARLSTM_OK) return st;
+  if (!pl.ok) {
+    if (!forced) return CHARLSTM_OK;
+    set_error("%s: the persistent_tc path cannot run this shape: %s", who, pl.why);
+    return CHARLSTM_ERR_PERSISTENT_UNFIT;
+  }
+  char what[96];
+  cudaError_t e = cudaMemsetAsync(counter, 0, sizeof(unsigned), stream);
+  if (e != cudaSuccess) {
+    snprintf(what, sizeof what, "%s: zeroing the barrier counter", who);
+    return cuda_fail(e, what);
+  }
+  int units = pl.units;
+  void* args[] = {&p, &units};
+  e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(threads), args, pl.smem, stream);
+  if (e == cudaSuccess) {
+    *launched = true;
+    return CHARLSTM_OK;
+  }
+  if (forced || e != cudaErrorCooperativeLaunchTooLarge) {
+    snprintf(what, sizeof what, "%s: persistent_tc cooperative launch", who);
+    return cuda_fail(e, what);
+  }
+  (void)cudaGetLastError();  // AUTO: not sticky, the caller falls back to the FMA paths
   return CHARLSTM_OK;
 }
 

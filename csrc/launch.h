@@ -23,12 +23,12 @@ enum charlstm_dtype { CHARLSTM_FLOAT32 = 0, CHARLSTM_FLOAT16 = 1, CHARLSTM_BFLOA
  * PERSISTENT:    one cooperative launch for the whole sequence, W_hh slices in shared memory,
  *                one grid-wide flag barrier per step; float32 FMA matmul.
  * STEPWISE:      one fused (matmul + cell) launch per step from a host loop; W_hh read from L2.
- * PERSISTENT_TC: PERSISTENT with the forward matmul on tensor cores (WMMA) for float16 and
- *                bfloat16; float32 and the backward run PERSISTENT.
- * AUTO:          forward: PERSISTENT_TC for float16/bfloat16 with B >= CHARLSTM_TC_MIN_BATCH when
- *                its layout fits, else PERSISTENT when its grid fits on the device at once, else
- *                STEPWISE; backward: PERSISTENT when it fits, else STEPWISE. */
-/* Batch from which AUTO runs the tensor-core forward: an estimate from arithmetic, NOT measured
+ * PERSISTENT_TC: PERSISTENT with the matmul of both directions on tensor cores (WMMA) for
+ *                float16 and bfloat16; float32 runs PERSISTENT.
+ * AUTO:          (each direction) PERSISTENT_TC for float16/bfloat16 with B >=
+ *                CHARLSTM_TC_MIN_BATCH when its layout fits, else PERSISTENT when its grid fits
+ *                on the device at once, else STEPWISE. */
+/* Batch from which AUTO runs the tensor-core paths: an estimate from arithmetic, NOT measured
  * (at B = 16, H = 768 the FMA matmul costs ~1.3 us per step per block, about one barrier; the
  * WMMA one ~0.1 us; below ~8 rows the 16-row WMMA tile is mostly padding). */
 #define CHARLSTM_TC_MIN_BATCH 8

@@ -14,6 +14,12 @@
 // Rows with s >= lengths[b] write dgates = 0; until a row's last active step its dh/dc are the
 // incoming dhT/dcT unchanged (exactly the reference's torch.where carry).
 // Stepwise path: the same iteration, one launch per s, W_hh^T read from global memory.
+// Tensor-core path (persistent_tc; AUTO for float16/bfloat16 from CHARLSTM_TC_MIN_BATCH rows):
+//   the same ownership and iteration with dh_in = dgates[s+1] @ W_hh[:, j] on WMMA
+//   (lstm_device.cuh: bwd_persistent_tc_body), i.e. on the gate gradients rounded to the input
+//   dtype -- the values this backward returns -- instead of the float32 dz of the FMA path.
+#include <type_traits>
+
 #include "host_common.cuh"
 #include "launch.h"
 #include "lstm_device.cuh"
@@ -32,6 +38,12 @@ __global__ void __launch_bounds__(kThreads)
     bwd_step_kernel(BwdParams<T> p, int s, int units, int rows, int stage_rows) {
   extern __shared__ __align__(16) unsigned char smem[];
   bwd_step_body<T>(p, s, units, rows, stage_rows, smem);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_persistent_tc_kernel(BwdParams<T> p, int units) {
+  extern __shared__ __align__(128) unsigned char smem_tc[];
+  bwd_persistent_tc_body<T>(p, units, smem_tc);
 }
 
 template <typename T>
@@ -56,7 +68,24 @@ static int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int pat
   p.H = a->H;
   const size_t rowbytes = (size_t)4 * a->H * sizeof(float);  // one staged row of dz
 
-  if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // FMA backward
+  if (path == CHARLSTM_PATH_PERSISTENT_TC ||
+      (path == CHARLSTM_PATH_AUTO && a->B >= CHARLSTM_TC_MIN_BATCH)) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // half types only
+    } else {
+      const bool forced = path == CHARLSTM_PATH_PERSISTENT_TC;
+      bool launched = false;
+      int st = launch_persistent_tc(reinterpret_cast<const void*>(&bwd_persistent_tc_kernel<T>), p,
+                                    p.counter, a->T, a->B, a->H, sizeof(T), kTcBackward, forced,
+                                    "backward", stream, kThreads, &launched);
+      if (st != CHARLSTM_OK) return st;
+      if (launched) {  // (forced and not launched is an error, returned above)
+        if (used) *used = CHARLSTM_PATH_PERSISTENT_TC;
+        return CHARLSTM_OK;
+      }
+      // AUTO and the tensor-core layout does not fit: the FMA paths below
+    }
+  }
   if (path != CHARLSTM_PATH_STEPWISE) {
     bool launched = false;
     int st = launch_persistent(reinterpret_cast<const void*>(&bwd_persistent_kernel<T>), p, p.counter, a->T,

@@ -454,14 +454,22 @@ __device__ __forceinline__ void bwd_step_body(const BwdParams<T>& p, int s, int 
                            stage_rows > 0 ? stage_rows : rows, zsm);
 }
 
-// ---------------------------------------------------------------- tensor-core forward
-// Forward of the persistent path with the matmul on tensor cores (WMMA m16n16k16, float16 or
-// bfloat16 inputs, float32 accumulation); selected with path "persistent_tc".  Everything but
-// the matmul is the FMA path's code (fwd_cell).  Shared memory of a block:
-//   W tile   [Mpad x Kpad] of T, row m = g*units + u (gate g, local unit u), zero-padded
-//   h tile   [16 x Kpad] of T: 16 batch rows of h[t-1], zero-padded
-//   Z        [nsplit][Mpad x 16] float: partial sums of z, one slab per K slice
-// Mpad = 4*units rounded up to 16, Kpad = H rounded up to 16; every region starts at a multiple
+// ---------------------------------------------------------------- tensor cores
+// The persistent paths with the per-step matmul on tensor cores (WMMA m16n16k16, float16 or
+// bfloat16 inputs, float32 accumulation); selected with path "persistent_tc" (and by AUTO for
+// 16-bit inputs from CHARLSTM_TC_MIN_BATCH rows).  Everything but the matmul is the FMA path's
+// code (fwd_cell / bwd_cell).  Both directions compute, per chunk of 16 batch rows,
+//   Z[M x 16] = A[M x K] . X[16 x K]^T
+// with A the block's weights (shared memory, for all steps) and X the 16 staged rows:
+//   forward:  A = W_hh rows (gate g, local unit u) -> row m = g*units + u, K = H, X = h[t-1];
+//   backward: A = W_hh^T rows (local unit u)       -> row m = u,           K = 4H, X = the
+//             gate gradients dgates[s+1] of the previous iteration (in the input dtype: the
+//             values the backward returns, as cuDNN's 16-bit backward multiplies them too).
+// Shared memory of a block:
+//   A tile   [Mpad x Kpad] of T, zero-padded
+//   X tile   [16 x Kpad] of T, zero-padded
+//   Z        [nsplit][Mpad x 16] float: partial sums, one slab per K slice
+// Mpad = M rounded up to 16, Kpad = K rounded up to 16; every region starts at a multiple
 // of 32 bytes and every leading dimension is a multiple of 16 elements, as WMMA requires.
 // Warps take (M tile, K slice) pairs; the cell update sums the nsplit slabs in a fixed order,
 // so the result is deterministic.
@@ -471,10 +479,10 @@ struct TcLayout {
   __host__ __device__ size_t total() const { return w_bytes + h_bytes + z_bytes; }
 };
 
-__host__ __device__ inline TcLayout tc_layout(int H, int units, size_t elem) {
+__host__ __device__ inline TcLayout tc_layout_mk(int m, int k, size_t elem) {
   TcLayout L;
-  L.mpad = (4 * units + 15) / 16 * 16;
-  L.kpad = (H + 15) / 16 * 16;
+  L.mpad = (m + 15) / 16 * 16;
+  L.kpad = (k + 15) / 16 * 16;
   L.mtiles = L.mpad / 16;
   L.ktiles = L.kpad / 16;
   int ns = kWarps / L.mtiles;
@@ -487,11 +495,57 @@ __host__ __device__ inline TcLayout tc_layout(int H, int units, size_t elem) {
   return L;
 }
 
+// Forward layout: M = 4*units (gates x units), K = H.
+__host__ __device__ inline TcLayout tc_layout(int H, int units, size_t elem) {
+  return tc_layout_mk(4 * units, H, elem);
+}
+
+// Backward layout: M = units, K = 4H.
+__host__ __device__ inline TcLayout tc_bwd_layout(int H, int units, size_t elem) {
+  return tc_layout_mk(units, 4 * H, elem);
+}
+
+// Z = A . X^T for one staged chunk: warps take (M tile, K slice) tasks and store their partial
+// sums to slab `sp` of zs (row-major [Mpad x 16]).  Call between two __syncthreads().
+template <typename T>
+__device__ __forceinline__ void tc_chunk_products(const T* at, const T* xt, float* zs,
+                                                  const TcLayout& L) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  const int warp = threadIdx.x >> 5;
+  for (int task = warp; task < L.mtiles * L.nsplit; task += kWarps) {  // warp-uniform
+    const int mt = task % L.mtiles, sp = task / L.mtiles;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kt = sp; kt < L.ktiles; kt += L.nsplit) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+      wmma::load_matrix_sync(a, at + (size_t)mt * 16 * L.kpad + kt * 16, L.kpad);
+      wmma::load_matrix_sync(b, xt + kt * 16, L.kpad);  // X^T(k, n) = X[n][k]
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(zs + ((size_t)sp * L.mpad + mt * 16) * 16, acc, 16,
+                            wmma::mem_row_major);
+  }
+#else
+  (void)at;
+  (void)xt;
+  (void)zs;
+  (void)L;
+#endif
+}
+
+// Z[m][n] summed over the slabs in a fixed order.
+__device__ __forceinline__ float tc_sum(const float* zs, const TcLayout& L, int m, int n) {
+  float sum = 0.0f;
+  for (int sp = 0; sp < L.nsplit; ++sp) sum += zs[((size_t)sp * L.mpad + m) * 16 + n];
+  return sum;
+}
+
 template <typename T>
 __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, int units,
                                                        unsigned char* smem) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
   const int H = p.H, B = p.B;
   const TcLayout L = tc_layout(H, units, sizeof(T));
   T* wt = reinterpret_cast<T*>(smem);
@@ -505,7 +559,6 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, in
     const int g = m / units, u = m % units;
     wt[e] = (g < 4 && u < nu && k < H) ? p.w[((long long)g * H + j0 + u) * H + k] : zero;
   }
-  const int warp = threadIdx.x >> 5;
   for (int t = 0; t < p.Tn; ++t) {
     const T* hsrc = (t == 0) ? p.h0 : p.hbuf + (long long)(t & 1) * B * H;
     T* hdst = p.hbuf + (long long)((t + 1) & 1) * B * H;
@@ -517,35 +570,68 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, in
         ht[e] = (r < nb && k < H) ? ld_cg(hsrc + (long long)(bc + r) * H + k) : zero;
       }
       __syncthreads();
-      for (int task = warp; task < L.mtiles * L.nsplit; task += kWarps) {  // warp-uniform
-        const int mt = task % L.mtiles, sp = task / L.mtiles;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int kt = sp; kt < L.ktiles; kt += L.nsplit) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-          wmma::load_matrix_sync(a, wt + (size_t)mt * 16 * L.kpad + kt * 16, L.kpad);
-          wmma::load_matrix_sync(b, ht + kt * 16, L.kpad);  // B(k, n) = h[n][k]
-          wmma::mma_sync(acc, a, b, acc);
-        }
-        wmma::store_matrix_sync(zs + ((size_t)sp * L.mpad + mt * 16) * 16, acc, 16,
-                                wmma::mem_row_major);
-      }
+      tc_chunk_products<T>(wt, ht, zs, L);
       __syncthreads();
       for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
         const int u = idx % nu, q = idx / nu;
-        float z[4];
-#pragma unroll
-        for (int g = 0; g < 4; ++g) {
-          float sum = 0.0f;
-          for (int sp = 0; sp < L.nsplit; ++sp)
-            sum += zs[((size_t)sp * L.mpad + g * units + u) * 16 + q];
-          z[g] = sum;
-        }
-        fwd_cell<T>(p, t, bc + q, j0 + u, z[0], z[1], z[2], z[3], ht[q * L.kpad + j0 + u], hdst);
+        fwd_cell<T>(p, t, bc + q, j0 + u, tc_sum(zs, L, u, q), tc_sum(zs, L, units + u, q),
+                    tc_sum(zs, L, 2 * units + u, q), tc_sum(zs, L, 3 * units + u, q),
+                    ht[q * L.kpad + j0 + u], hdst);
       }
     }
     if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
+  }
+#else
+  (void)p;
+  (void)units;
+  (void)smem;
+  __trap();  // not compiled for this architecture (needs sm_80); the host never launches it
+#endif
+}
+
+// Backward of the persistent path on tensor cores: block owns units [blockIdx.x*units, +units)
+// (column ownership, as bwd_persistent_body); its W_hh^T rows sit in the A tile for all
+// iterations; per iteration s and chunk of 16 rows, dgates[s+1] (written by every block at
+// iteration s+1, read through L2) is staged as X, and dh_in = Z[u][q] feeds bwd_cell.
+template <typename T>
+__device__ __forceinline__ void bwd_persistent_tc_body(const BwdParams<T>& p, int units,
+                                                       unsigned char* smem) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  const int H = p.H, B = p.B;
+  const long long G = 4LL * H;
+  const TcLayout L = tc_bwd_layout(H, units, sizeof(T));
+  T* at = reinterpret_cast<T*>(smem);
+  T* xt = reinterpret_cast<T*>(smem + L.w_bytes);
+  float* zs = reinterpret_cast<float*>(smem + L.w_bytes + L.h_bytes);
+  const int j0 = blockIdx.x * units;
+  const int nu = min(units, H - j0);
+  const T zero = from_f<T>(0.0f);
+  for (long long e = threadIdx.x; e < (long long)L.mpad * L.kpad; e += blockDim.x) {
+    const int m = (int)(e / L.kpad), r = (int)(e % L.kpad);
+    at[e] = (m < nu && r < G) ? p.wt[(long long)(j0 + m) * G + r] : zero;
+  }
+  for (int s = p.Tn - 1; s >= -1; --s) {
+    const bool need_mv = s < p.Tn - 1;
+    const T* dsrc = p.dgates + (long long)(s + 1) * B * G;  // read only when need_mv
+    float* dzdst = p.dzbuf + (long long)(s & 1) * B * G;    // used only when s >= 0
+    for (int bc = 0; bc < B; bc += 16) {
+      const int nb = min(16, B - bc);
+      if (need_mv) {
+        __syncthreads();  // A tile written (first pass); previous chunk done with xt and zs
+        for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
+          const int n = e / L.kpad, r = e % L.kpad;
+          xt[e] = (n < nb && r < G) ? ld_cg(dsrc + (long long)(bc + n) * G + r) : zero;
+        }
+        __syncthreads();
+        tc_chunk_products<T>(at, xt, zs, L);
+        __syncthreads();
+      }
+      for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
+        const int u = idx % nu, q = idx / nu;
+        bwd_cell<T>(p, s, bc + q, j0 + u, need_mv ? tc_sum(zs, L, u, q) : 0.0f, dzdst);
+      }
+    }
+    if (s >= 0) grid_barrier(p.counter, gridDim.x * (unsigned)(p.Tn - s));
   }
 #else
   (void)p;

@@ -43,36 +43,6 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_tc_kernel(FwdParams<T
   fwd_persistent_tc_body<T>(p, units, smem_tc);
 }
 
-// Launch the tensor-core persistent forward (float16/bfloat16 only).  Returns a status, with
-// *launched = false (and no error) when the shape does not fit, or the cooperative grid is too
-// large, and `forced` is false (AUTO).
-template <typename T>
-static int launch_forward_tc(FwdParams<T>& p, cudaStream_t stream, bool forced, bool* launched) {
-  *launched = false;
-  const void* kernel = reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>);
-  PersistentPlan pl;
-  int st = plan_persistent(kernel, p.Tn, p.B, p.H, sizeof(T), 0, true, &pl);
-  if (st != CHARLSTM_OK) return st;
-  if (!pl.ok) {
-    if (!forced) return CHARLSTM_OK;
-    set_error("forward: the persistent_tc path cannot run this shape: %s", pl.why);
-    return CHARLSTM_ERR_PERSISTENT_UNFIT;
-  }
-  cudaError_t e = cudaMemsetAsync(p.counter, 0, sizeof(unsigned), stream);
-  if (e != cudaSuccess) return cuda_fail(e, "forward: zeroing the barrier counter");
-  int units = pl.units;
-  void* args[] = {&p, &units};
-  e = cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks), dim3(kThreads), args, pl.smem, stream);
-  if (e == cudaSuccess) {
-    *launched = true;
-    return CHARLSTM_OK;
-  }
-  if (forced || e != cudaErrorCooperativeLaunchTooLarge)
-    return cuda_fail(e, "forward: persistent_tc cooperative launch");
-  (void)cudaGetLastError();  // AUTO: not sticky, the caller falls back to the FMA paths
-  return CHARLSTM_OK;
-}
-
 template <typename T>
 static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path, int* used) {
   FwdParams<T> p;
@@ -100,7 +70,9 @@ static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path
     } else {
       const bool forced = path == CHARLSTM_PATH_PERSISTENT_TC;
       bool launched = false;
-      int st = launch_forward_tc<T>(p, stream, forced, &launched);
+      int st = launch_persistent_tc(reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>), p,
+                                    p.counter, a->T, a->B, a->H, sizeof(T), kTcForward, forced,
+                                    "forward", stream, kThreads, &launched);
       if (st != CHARLSTM_OK) return st;
       if (launched) {  // (forced and not launched is an error, returned above)
         if (used) *used = CHARLSTM_PATH_PERSISTENT_TC;

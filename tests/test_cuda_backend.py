@@ -232,8 +232,11 @@ EMU_CASES = [
     ("f16", 5, 9, 20, 1, "stepwise", 3, 4, 3),            # several row blocks, ragged chunks
     ("bf16", 3, 9, 24, 1, "stepwise", 8, 8, 2),
     ("f32", 1, 3, 5, 1, "stepwise", 8, 16, 16),
-    ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0),      # WMMA forward, K split over warps
+    # WMMA forward and backward:
+    ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0),      # K split over warps
     ("bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0),    # two 16-row chunks, padded M and K
+    ("f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0),     # ragged last chunk, 3 blocks
+    ("bf16", 4, 8, 40, 0, "persistent_tc", 1, 100000, 0),     # one block: bwd M = 40 (3 tiles)
 ]
 
 
@@ -360,7 +363,8 @@ def test_core_gradients_match_reference(path, dtype, shape, no_tf32):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES + [(3, 40, 768, True)], ids=_shape_id)
 def test_tensor_core_forward_and_gradients_match_reference(dtype, shape, no_tf32):
-    """persistent_tc: WMMA forward (float32 accumulation), FMA persistent backward."""
+    """persistent_tc: WMMA forward and backward (float32 accumulation; the backward's matmul
+    takes the gate gradients rounded to the input dtype)."""
     core = _require_cuda(dtype)
     from charlstm.backends import reference
     T, B, H, packed = shape
@@ -374,7 +378,7 @@ def test_tensor_core_forward_and_gradients_match_reference(dtype, shape, no_tf32
              torch.randn(B, H, device="cuda").to(dtype))
     with cuda_backend.use_path("persistent_tc"):
         mine = _grads(core, args, seeds)
-    assert cuda_backend.last_path() == {"forward": "persistent_tc", "backward": "persistent"}
+    assert cuda_backend.last_path() == {"forward": "persistent_tc", "backward": "persistent_tc"}
     want = _grads(reference.core, args, seeds)
     scale = max(1.0, T ** 0.5) * 4
     atol, rtol = CORE_TOL[dtype]
@@ -388,9 +392,9 @@ def test_tensor_core_forward_and_gradients_match_reference(dtype, shape, no_tf32
     (torch.bfloat16, 16, "persistent_tc"), (torch.float16, 8, "persistent_tc"),
     (torch.bfloat16, 7, "persistent"), (torch.float32, 16, "persistent")],
     ids=["bf16-B16", "f16-B8", "bf16-B7", "f32-B16"])
-def test_auto_forward_uses_tensor_cores_for_half_types_from_batch_8(dtype, batch, want, no_tf32):
-    """auto's forward rule (CHARLSTM_TC_MIN_BATCH = 8 in csrc/launch.h), and that the path it
-    picks is correct; the backward stays on the FMA persistent path."""
+def test_auto_uses_tensor_cores_for_half_types_from_batch_8(dtype, batch, want, no_tf32):
+    """auto's rule (CHARLSTM_TC_MIN_BATCH = 8 in csrc/launch.h), the same in both directions,
+    and that the paths it picks are correct."""
     core = _require_cuda(dtype)
     from charlstm.backends import reference
     args = _inputs(5, batch, 96, dtype, True)
@@ -399,6 +403,16 @@ def test_auto_forward_uses_tensor_cores_for_half_types_from_batch_8(dtype, batch
     assert cuda_backend.last_path()["forward"] == want
     for name, a, b in zip(("hs", "hT", "cT", "cs", "gates"), got, reference.forward(*args)):
         _close(a, b, dtype, f"auto ({want}) {name}")
+    seeds = [torch.randn(5, batch, 96, device="cuda").to(dtype) for _ in range(1)] + \
+        [torch.randn(batch, 96, device="cuda").to(dtype) for _ in range(2)]
+    with cuda_backend.use_path("auto"):
+        mine = _grads(core, args, seeds)
+    assert cuda_backend.last_path() == {"forward": want, "backward": want}
+    want_grads = _grads(reference.core, args, seeds)
+    atol, rtol = CORE_TOL[dtype]
+    for name, a, b in zip(("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0"), mine, want_grads):
+        torch.testing.assert_close(a.float(), b.float(), atol=atol * 9, rtol=rtol * 9,
+                                   msg=lambda m: f"auto ({want}) {name}: {m}")
 
 
 @pytest.mark.cuda

@@ -6,8 +6,8 @@
 // the input dtype each step, c in float, inactive rows keep state and write zeros).
 //
 // Usage: emu DTYPE T B H PACKED PATH [SMS SMEM | UNITS ROWS STAGE_ROWS]
-//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: WMMA
-//   forward with SMS emulated SMs, then the FMA persistent backward).
+//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the WMMA
+//   forward and backward with SMS emulated SMs).
 //   persistent: SMS (emulated SM count) and SMEM (shared memory bytes per block): the launch
 //               plan follows host_common.cu (units = ceil(H/SMS), bb rows per staged chunk).
 //   stepwise:   UNITS per block, ROWS per block, STAGE_ROWS staged per chunk (0: none).
@@ -227,21 +227,24 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
                   gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
                   dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
 
-  if (tc) {  // tensor-core forward (WMMA), FMA persistent backward
+  if (tc) {  // tensor cores (WMMA) in both directions
     const int sms = a1;
     const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
-    const TcLayout L = tc_layout(H, units, sizeof(T));
+    const TcLayout L = tc_layout(H, units, sizeof(T)), LB = tc_bwd_layout(H, units, sizeof(T));
     std::printf("persistent_tc fwd: %d blocks x %d units, mpad %d kpad %d nsplit %d\n", blocks,
                 units, L.mpad, L.kpad, L.nsplit);
     counter = 0;
     launch(dim3(blocks), L.total(), 1,
            [&](int, unsigned char* sm) { fwd_persistent_tc_body<T>(fp, units, sm); });
-  }
-  if (persistent) {
+    std::printf("persistent_tc bwd: mpad %d kpad %d nsplit %d\n", LB.mpad, LB.kpad, LB.nsplit);
+    counter = 0;
+    launch(dim3(blocks), LB.total(), 1,
+           [&](int, unsigned char* sm) { bwd_persistent_tc_body<T>(bp, units, sm); });
+  } else if (persistent) {
     const int sms = a1;
     const size_t smem_budget = (size_t)a2;
     const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
-    for (int dir = tc ? 1 : 0; dir < 2; ++dir) {
+    for (int dir = 0; dir < 2; ++dir) {
       const size_t rowbytes = dir == 0 ? H * sizeof(T) : G * sizeof(float);
       const size_t wbytes = ((size_t)4 * units * H * sizeof(T) + 15) & ~(size_t)15;
       if (wbytes + rowbytes > smem_budget) {

@@ -6,12 +6,11 @@
   for a shape whose grid cannot be co-resident raises ``RuntimeError`` with the reason.
 * ``stepwise``: one fused (matmul + cell update) launch per time step from a host loop,
   ``W_hh`` read from L2; works for every size, and is capturable in a CUDA graph.
-* ``persistent_tc``: the persistent forward with its matmul on tensor cores (WMMA, float16 and
-  bfloat16 only; float32 runs ``persistent``); the backward runs ``persistent``.
-* ``auto`` (default): forward -- ``persistent_tc`` for float16/bfloat16 with batch >= 8
+* ``persistent_tc``: the persistent paths with the matmul of both directions on tensor cores
+  (WMMA, float16 and bfloat16 only; float32 runs ``persistent``).
+* ``auto`` (default), each direction: ``persistent_tc`` for float16/bfloat16 with batch >= 8
   (``CHARLSTM_TC_MIN_BATCH`` in ``csrc/launch.h``, an estimate from arithmetic, not measured)
-  when its layout fits, else ``persistent`` when it fits on the device, else ``stepwise``;
-  backward -- ``persistent`` when it fits, else ``stepwise``.
+  when its layout fits, else ``persistent`` when it fits on the device, else ``stepwise``.
 
 The path in force, strongest first: the innermost :func:`use_path` block (this thread), then
 :func:`set_path`, then the ``CHARLSTM_CUDA_PATH`` environment variable, then ``auto``.
