@@ -466,21 +466,26 @@ __device__ __forceinline__ void bwd_step_body(const BwdParams<T>& p, int s, int 
 //             gate gradients dgates[s+1] of the previous iteration (in the input dtype: the
 //             values the backward returns, as cuDNN's 16-bit backward multiplies them too).
 // Shared memory of a block:
-//   A tile   [Mpad x Kpad] of T, zero-padded
+//   A tile   [M x Kpad] of T, columns zero-padded
 //   X tile   [16 x Kpad] of T, zero-padded
 //   Z        [nsplit][Mpad x 16] float: partial sums, one slab per K slice
 // Mpad = M rounded up to 16, Kpad = K rounded up to 16; every region starts at a multiple
 // of 32 bytes and every leading dimension is a multiple of 16 elements, as WMMA requires.
+// The A tile holds only its M real rows: the last M tile's 16-row fragment load runs past
+// them into the X tile (at most 15 rows of its 16, always inside the allocation), and those
+// junk rows only produce rows m >= M of Z, which nobody reads (each output row of an mma
+// depends on its own A row only).  This halves the backward's A tile for U <= 8 units.
 // Warps take (M tile, K slice) pairs; the cell update sums the nsplit slabs in a fixed order,
 // so the result is deterministic.
 struct TcLayout {
-  int mpad, kpad, mtiles, ktiles, nsplit;
+  int m, mpad, kpad, mtiles, ktiles, nsplit;
   size_t w_bytes, h_bytes, z_bytes;
   __host__ __device__ size_t total() const { return w_bytes + h_bytes + z_bytes; }
 };
 
 __host__ __device__ inline TcLayout tc_layout_mk(int m, int k, size_t elem) {
   TcLayout L;
+  L.m = m;
   L.mpad = (m + 15) / 16 * 16;
   L.kpad = (k + 15) / 16 * 16;
   L.mtiles = L.mpad / 16;
@@ -489,7 +494,7 @@ __host__ __device__ inline TcLayout tc_layout_mk(int m, int k, size_t elem) {
   if (ns < 1) ns = 1;
   if (ns > L.ktiles) ns = L.ktiles;
   L.nsplit = ns;
-  L.w_bytes = (size_t)L.mpad * L.kpad * elem;
+  L.w_bytes = ((size_t)m * L.kpad * elem + 31) & ~(size_t)31;
   L.h_bytes = (size_t)16 * L.kpad * elem;
   L.z_bytes = (size_t)L.nsplit * L.mpad * 16 * sizeof(float);
   return L;
@@ -554,10 +559,10 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, in
   const int j0 = blockIdx.x * units;
   const int nu = min(units, H - j0);
   const T zero = from_f<T>(0.0f);
-  for (long long e = threadIdx.x; e < (long long)L.mpad * L.kpad; e += blockDim.x) {
+  for (long long e = threadIdx.x; e < (long long)L.m * L.kpad; e += blockDim.x) {
     const int m = (int)(e / L.kpad), k = (int)(e % L.kpad);
     const int g = m / units, u = m % units;
-    wt[e] = (g < 4 && u < nu && k < H) ? p.w[((long long)g * H + j0 + u) * H + k] : zero;
+    wt[e] = (u < nu && k < H) ? p.w[((long long)g * H + j0 + u) * H + k] : zero;
   }
   for (int t = 0; t < p.Tn; ++t) {
     const T* hsrc = (t == 0) ? p.h0 : p.hbuf + (long long)(t & 1) * B * H;
@@ -606,7 +611,7 @@ __device__ __forceinline__ void bwd_persistent_tc_body(const BwdParams<T>& p, in
   const int j0 = blockIdx.x * units;
   const int nu = min(units, H - j0);
   const T zero = from_f<T>(0.0f);
-  for (long long e = threadIdx.x; e < (long long)L.mpad * L.kpad; e += blockDim.x) {
+  for (long long e = threadIdx.x; e < (long long)L.m * L.kpad; e += blockDim.x) {
     const int m = (int)(e / L.kpad), r = (int)(e % L.kpad);
     at[e] = (m < nu && r < G) ? p.wt[(long long)(j0 + m) * G + r] : zero;
   }
