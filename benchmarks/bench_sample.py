@@ -13,7 +13,9 @@ a GPU it is cuDNN called step by step, as a user would write it without charlstm
 the dtype itself (no autocast), in eval mode under ``torch.no_grad()``.
 
 Characters/s = ``B * length / time`` (median of the timed repetitions, each a full ``length``
-steps from a fresh state).  Output: ``bench_sample-<device kind>.json/.md``.
+steps from a fresh state).  On a GPU each backend also gets a ``<backend>+cuda-graph`` row: the
+same step captured once in a CUDA graph and replayed (``charlstm sample --cuda-graph``).
+Output: ``bench_sample-<device kind>.json/.md``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ if __package__ in (None, ""):
 from benchmarks import common  # noqa: E402
 
 BASELINE = "plain-nn.LSTM"
+GRAPHED = "+cuda-graph"   # suffix of the rows whose step is replayed from a CUDA graph (GPU)
 COLUMNS = [("backend", "backend"), ("dtype", "dtype"), ("batch", "B"), ("length", "steps"),
            ("rnn_size", "H"), ("num_layers", "L"), ("median_ms", "ms"),
            ("chars_per_s", "chars/s"), ("us_per_step", "us/step"),
@@ -70,6 +73,31 @@ def sample_fn(model, batch: int, length: int, vocab: int, device, seed: int = 0)
     return fn
 
 
+def sample_fn_graphed(model, batch: int, length: int, device, seed: int = 0):
+    """The same loop as :func:`sample_fn` with the step replayed from a CUDA graph
+    (``charlstm.charrnn.sample.GraphedStep``, what ``charlstm sample --cuda-graph`` runs); the
+    capture happens here, outside the timed calls.  Each call starts from a zero state."""
+    import torch
+    from charlstm.charrnn.sample import GraphedStep
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    with torch.inference_mode():
+        ids = torch.zeros(batch, dtype=torch.long, device=device)
+        step = GraphedStep(model, None, ids, temperature=1.0, top_k=None, argmax=False,
+                           generator=gen).capture()
+
+    def fn():
+        gen.manual_seed(seed)
+        with torch.inference_mode():
+            step.ids.zero_()
+            for t in step.state:
+                t.zero_()
+            for _ in range(length):
+                idx = step()
+        return idx
+    return fn
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
@@ -80,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num-layers", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: tiny shakespeare)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (GPU 5, CPU 3)")
+    ap.add_argument("--no-graph", action="store_true",
+                    help="GPU: skip the '<backend>+cuda-graph' rows (the step replayed from a "
+                         "CUDA graph, as `charlstm sample --cuda-graph` runs it)")
     common.add_common_args(ap)
     args = ap.parse_args(argv)
 
@@ -98,17 +129,21 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = CharRNN(args.vocab, args.rnn_size, args.num_layers).to(device=device, dtype=dtype).eval()
         candidates = [(BASELINE, PlainCharRNN(model))] + [(n, None) for n in names]
+        if gpu and not args.no_graph:   # the same backends with the step in a CUDA graph
+            candidates += [(n + GRAPHED, None) for n in names]
         for batch in args.batches:
             plain_ms = None
             for name, m in candidates:
                 row = dict(backend=name, dtype=common.dtype_name(dtype), batch=batch, length=length,
                            rnn_size=args.rnn_size, num_layers=args.num_layers)
+                graphed = name.endswith(GRAPHED)
                 if m is None:
-                    model.backend = name
+                    model.backend = name[:-len(GRAPHED)] if graphed else name
                     m = model
                 try:
-                    r = common.time_fn(sample_fn(m, batch, length, args.vocab, device), device,
-                                       warmup=1, reps=reps, measure_memory=False)
+                    fn = (sample_fn_graphed(m, batch, length, device) if graphed
+                          else sample_fn(m, batch, length, args.vocab, device))
+                    r = common.time_fn(fn, device, warmup=1, reps=reps, measure_memory=False)
                 except (RuntimeError, ValueError, NotImplementedError) as e:
                     row["error"] = f"{type(e).__name__}: {e}"[:200]
                     rows.append(row)

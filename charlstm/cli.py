@@ -82,6 +82,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="charlstm.LSTM backend (whatever trained the checkpoint)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on a GPU, replay each step from a CUDA graph (less launch overhead; "
+                        "falls back to eager steps with a warning if capture fails)")
 
 
 def _add_eval(sub) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from charlstm.charrnn import checkpoint as ckpt_io
 from charlstm.charrnn.data import CACHE_ENV
@@ -50,6 +51,11 @@ def test_train_sample_eval_on_bundled_corpus(tmp_path, env):
     s = run("sample", str(ck), "--length", "40", "--prime", "def ", "--seed", "3", env=env)
     text = s.stdout[:-1]
     assert text.startswith("def ") and len(text) == 44
+    # --cuda-graph is accepted everywhere; on a CPU it changes nothing
+    g = run("sample", str(ck), "--length", "40", "--prime", "def ", "--seed", "3",
+            "--cuda-graph", env=env)
+    if not torch.cuda.is_available():
+        assert g.stdout == s.stdout
     txt = tmp_path / "probe.txt"
     txt.write_text("def f(x):\n    return x + 1  # €\n" * 20, encoding="utf-8")
     e = run("eval", str(ck), "--data", str(txt), env=env)
