@@ -171,7 +171,7 @@ step_bench() {
   # 2. char-rnn training and sampling characters/s per backend (short runs)
   CHARLSTM_TRITON_AUTOTUNE=0 bench_part 45 train "$PY" benchmarks/bench_train.py --iters 20 \
     --warmup-iters 5 --out "$RES/bench" --tag gpu-check || rc=1
-  CHARLSTM_TRITON_AUTOTUNE=0 bench_part 30 sample "$PY" benchmarks/bench_sample.py --length 200 \
+  CHARLSTM_TRITON_AUTOTUNE=0 bench_part 45 sample "$PY" benchmarks/bench_sample.py --length 200 \
     --out "$RES/bench" --tag gpu-check || rc=1
   # 3. the headline row for triton autotuned (default, persistent schedule), then its other two
   #    schedules with the fixed configuration (what choose_launch's rule needs)
