@@ -168,6 +168,23 @@ def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, ca
     assert all(c.kwargs["BLOCK_H"] >= 16 for c in common.tune_configs("persistent", "backward"))
 
 
+@pytest.mark.parametrize("cap", [None, 2, 132, 1000])
+@pytest.mark.parametrize("hidden", [1, 33, 768, 1024, 4096])
+def test_step_flags_cover_every_persistent_grid(cap, hidden):
+    """Each batch tile's row of step flags has a slot for every program any configuration can
+    put on it (down to 4-wide hidden tiles), and the sync buffer has a row per batch tile."""
+    from charlstm.backends.triton import common
+    slots = common.sync_slots(cap, hidden)
+    for bh in (4, 8, 16, 32, 64):
+        for bb in (16, 32, 64):
+            nb, nh = common.persistent_grid(40, hidden, bb, bh, cap)
+            assert nh <= slots and nb <= triton.cdiv(40, 16)
+    configs = common.tune_configs("persistent", "forward") + common.tune_configs("persistent",
+                                                                                 "backward")
+    assert min(c.kwargs["BLOCK_H"] for c in configs) >= common.MIN_BLOCK_H
+    assert min(c.kwargs["BLOCK_B"] for c in configs) >= 16
+
+
 @pytest.mark.parametrize("batch,hidden,cap,want", [
     (17, 33, 2, (2, 1)), (17, 33, 4, (2, 2)), (17, 33, None, (2, 3)), (17, 33, 132, (2, 3)),
     (16, 768, 132, (1, 48)), (64, 1024, 132, (4, 33)), (4096, 64, 132, (256, 1))])

@@ -237,11 +237,16 @@ def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
     return nb, max(1, min(tiles, max_programs // nb))
 
 
-#: width of a batch tile's row of step flags: a power of two >= every persistent ``nh``
+#: the narrowest hidden tile any launch may use (the forward's gate-interleaved dot: 4 x 4 = 16)
+MIN_BLOCK_H = 4
+
+
 def sync_slots(max_programs: Optional[int], hidden: int) -> int:
-    """Flags per batch tile: a power of two >= the largest ``nh`` any configuration may use."""
-    most = triton.cdiv(hidden, 16) if max_programs is None else min(max_programs,
-                                                                   triton.cdiv(hidden, 16))
+    """Flags per batch tile: a power of two >= the largest ``nh`` any configuration may use
+    (one hidden program per ``MIN_BLOCK_H``-wide tile, at most ``max_programs``)."""
+    most = triton.cdiv(hidden, MIN_BLOCK_H)
+    if max_programs is not None:
+        most = min(max_programs, most)
     return max(2, triton.next_power_of_2(most))
 
 
@@ -269,6 +274,9 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
     """
     cap = launch.max_programs if launch.max_programs is not None else _device_programs(device)
     if launch.fixed:
+        if launch.block_h < MIN_BLOCK_H or launch.block_b < 16:
+            raise ValueError(f"triton backend: block_h must be >= {MIN_BLOCK_H} and block_b >= 16, "
+                             f"got block_h={launch.block_h}, block_b={launch.block_b}")
         kern, meta = kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
                                   BLOCK_K=launch.block_k, num_warps=launch.num_warps)
         meta.update(fixed_extra or {})
