@@ -4,7 +4,8 @@
 Run under ``compute-sanitizer --tool memcheck|racecheck|synccheck python
 scripts/cuda_sanitize_case.py`` (``scripts/gpu_check.sh`` does).  Shapes are small so that
 the sanitizer finishes in seconds but still cover: several blocks, a batch that is not a
-multiple of the 4-row register tile, chunked staging, packed rows (lengths), every dtype, and
+multiple of the 4-row register tile, two 16-row tensor-core chunks, chunked staging, packed
+rows (lengths), every dtype, and
 the persistent (cooperative, grid barrier), the stepwise and the tensor-core (persistent_tc)
 path.  Checks the results
 against the reference backend too.  Exits 0 when everything ran and matched, 1 otherwise, 2
@@ -47,8 +48,8 @@ def case(core, reference, path: str, dtype, T: int, B: int, H: int, packed: bool
     ran = cuda_backend.last_path()
     errors = []
     expect = {"forward": path, "backward": path}
-    if path == "persistent_tc":  # tensor cores for half types' forward; FMA persistent otherwise
-        expect = {"forward": "persistent" if dtype == torch.float32 else path, "backward": "persistent"}
+    if path == "persistent_tc" and dtype == torch.float32:  # tensor cores for half types only
+        expect = {"forward": "persistent", "backward": "persistent"}
     if ran != expect:
         errors.append(f"asked for {path}, ran {ran}")
     want = reference.forward(*args)
@@ -75,7 +76,7 @@ def main() -> int:
     failures = 0
     for path in ("persistent", "stepwise", "persistent_tc"):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for T, B, H, packed in ((3, 5, 40, True), (2, 1, 7, False)):
+            for T, B, H, packed in ((3, 5, 40, True), (2, 1, 7, False), (2, 17, 24, True)):
                 try:
                     failures += bool(case(core, reference, path, dtype, T, B, H, packed))
                 except Exception as e:  # noqa: BLE001 - report and count every failure

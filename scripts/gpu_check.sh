@@ -22,6 +22,9 @@
 #                run has its own timeout.
 #   fixtures     tests/cudnn_fixtures/generate.py --device cuda  (cuDNN's outputs and gradients)
 #   fixture-tests  tests/test_cudnn_fixtures.py against the fixtures just generated
+#   ncu          Nsight Compute (speed of light, occupancy, memory, warp states) of the cuda
+#                backend's auto and persistent paths and triton's persistent schedule at
+#                B=16, H=768 bf16, T=64 (scripts/profile_case.py); the report is logs/ncu.log
 #
 # Without a GPU the steps that need one report "skipped: no GPU" and the exit code is 0 unless
 # something failed.  OUTDIR receives at most 4 flat files (the fetch from a GPU machine takes at
@@ -54,7 +57,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
 # Order: what later sessions need most first (results to commit), the slow sanitizers last;
 # the total budget may cut the tail.
-ALL_STEPS="env build pytest-cuda bench fixtures fixture-tests triton memcheck racecheck synccheck"
+ALL_STEPS="env build pytest-cuda bench fixtures fixture-tests ncu triton memcheck racecheck synccheck"
 STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
 
 HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
@@ -138,6 +141,23 @@ sanitize() {
   compute-sanitizer --tool "$1" --error-exitcode 99 --print-limit 50 ${GPU_CHECK_SANITIZER_ARGS:-} \
     "$PY" scripts/cuda_sanitize_case.py
 }
+# Nsight Compute on the headline shape (T=64): the cuda backend's auto path (tensor cores for
+# bf16 at B=16) and its FMA persistent path, and the triton backend's persistent schedule; the
+# profiled run is each script's second (--launch-skip skips the warm-up's kernels)
+step_ncu() {
+  need_gpu
+  command -v ncu >/dev/null || { echo "ncu not on PATH"; return 1; }
+  local rc=0 what
+  for what in "cuda --path auto" "cuda --path persistent" "triton"; do
+    echo "== ncu: $what"
+    # shellcheck disable=SC2086
+    CHARLSTM_TRITON_AUTOTUNE=0 timeout -k 5 60 ncu --kernel-name regex:'persistent|lstm_' \
+      --launch-skip 2 --launch-count 2 --section SpeedOfLight --section LaunchStats \
+      --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
+      "$PY" scripts/profile_case.py --backend $what || rc=1
+  done
+  return $rc
+}
 step_memcheck() { sanitize memcheck; }
 step_racecheck() { sanitize racecheck; }
 step_synccheck() { sanitize synccheck; }
@@ -206,13 +226,13 @@ step_fixture_tests() {
   CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
     --junitxml="$RES/junit-fixtures.xml"
 }
-export -f bench_part run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_memcheck step_racecheck \
+export -f bench_part run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_ncu step_memcheck step_racecheck \
   step_synccheck step_bench step_fixtures step_fixture_tests
 
 default_timeout() {
   case $1 in
     env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 180 ;; triton) echo 60 ;; memcheck) echo 90 ;;
-    racecheck) echo 90 ;; synccheck) echo 60 ;; bench) echo 300 ;; fixtures) echo 60 ;;
+    racecheck) echo 90 ;; synccheck) echo 60 ;; ncu) echo 150 ;; bench) echo 300 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac
 }
