@@ -15,7 +15,7 @@
 #                compute-sanitizer --tool <tool> on scripts/cuda_sanitize_case.py
 #   bench        benchmarks/bench_lstm.py --quick, plus one full-size row per backend
 #                (B=16, T=1024, H=768, bfloat16) and the B=1, H=512 per-step latency, for the
-#                cuda backend (auto and persistent_tc paths) and the triton backend in
+#                cuda backend (auto and FMA persistent paths) and the triton backend in
 #                separate runs (triton with one fixed configuration); short bench_train.py and bench_sample.py runs (char-rnn
 #                characters/s per backend); then the headline row for cuda's stepwise path,
 #                for triton autotuned, and for each of triton's other two schedules.  Every
@@ -183,8 +183,8 @@ step_bench() {
   #    cannot take the other's numbers with it; the ratio is always to cuDNN in the same run).
   #    triton runs one fixed configuration here (autotuning every shape would not fit the
   #    budget); its JSON records triton_autotune=false.
-  #    cuda runs its auto path (persistent when it fits) and the opt-in tensor-core forward.
-  bench_part 90 lstm-cuda $B --quick --row $ROW --latency --backends torch,cuda,cuda:persistent_tc \
+  #    cuda runs its auto path (tensor cores for 16-bit from batch 8) and the FMA persistent one.
+  bench_part 90 lstm-cuda $B --quick --row $ROW --latency --backends torch,cuda,cuda:persistent \
     --out "$RES/bench" --tag gpu-check-cuda || rc=1
   CHARLSTM_TRITON_AUTOTUNE=0 bench_part 90 lstm-triton $B --quick --row $ROW --latency \
     --backends torch,triton --out "$RES/bench" --tag gpu-check-triton || rc=1

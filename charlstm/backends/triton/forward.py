@@ -185,7 +185,7 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Option
             launch: Optional[Launch] = None):
     """The contract's forward for float32/float16/bfloat16 -> ``(hs, hT, cT, cs, gates)``.
 
-    ``launch`` overrides the schedule and block sizes (tests use it to exercise both schedules);
+    ``launch`` overrides the schedule and block sizes (tests use it to exercise every schedule);
     by default :func:`.common.choose_launch` decides.
     """
     T, B, G = xproj.shape
