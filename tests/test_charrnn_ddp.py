@@ -38,6 +38,9 @@ def _worker(rank, world, port, data, out):
     res = train(data, checkpoint_dir=os.path.join(out, f"ck{rank}"), **TRAIN_KW)
     if rank == 0:
         torch.save(res.train_losses, os.path.join(out, "losses.pt"))
+    # tear down together: a rank that exits while the other still holds the gloo connection
+    # was seen to abort ("terminate called without an active exception") on a loaded machine
+    dist.barrier()
     dist.destroy_process_group()
 
 

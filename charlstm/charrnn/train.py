@@ -187,11 +187,17 @@ def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, nu
             dist.init_process_group("nccl" if resolve_device(device).type == "cuda" else "gloo")
             own_pg = True
     try:
-        return _train(passed, defaults, rank, world, local_rank)
-    finally:
-        if own_pg:
+        result = _train(passed, defaults, rank, world, local_rank)
+    except BaseException:
+        if own_pg:   # no barrier: the other ranks may never get there
             import torch.distributed as dist
             dist.destroy_process_group()
+        raise
+    if own_pg:
+        import torch.distributed as dist
+        dist.barrier()   # every rank is done before any tears its connections down
+        dist.destroy_process_group()
+    return result
 
 
 def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> TrainResult:
