@@ -72,3 +72,26 @@ def test_two_gloo_processes_match_one(tmp_path, monkeypatch):
     assert a["hidden"][0].shape == b["hidden"][0].shape == (2, 8, 16)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_torchrun_two_processes_end_to_end(tmp_path):
+    """`torchrun --nproc_per_node=2 -m charlstm train`: the trainer creates the process group
+    itself (gloo on CPU), trains, and tears it down on every rank; exit 0, one checkpoint."""
+    import subprocess
+    import sys
+    data = tmp_path / "t.txt"
+    data.write_text("".join(f"line {i % 17} says {'abc'[i % 3] * (i % 5)}\n" for i in range(300)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{CACHE_ENV: str(tmp_path / "cache")})
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={port}", "-m", "charlstm", "train", "--data", str(data),
+         "--rnn-size", "16", "--num-layers", "1", "--seq-length", "16", "--batch-size", "8",
+         "--max-iters", "4", "--eval-val-every", "2", "--checkpoint-dir", str(tmp_path / "ck"),
+         "--no-progress", "--no-plot"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert "2 processes" in p.stderr
+    assert (tmp_path / "ck" / "latest.pt").is_file()
