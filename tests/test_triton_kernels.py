@@ -400,8 +400,9 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                         constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
                                         **fblocks))
         bwd = ASTSource(lstm_bwd_kernel, sig(lstm_bwd_kernel, dt, {"cs_ptr", "gates_ptr",
-                        "dzbuf_ptr", "dhbuf_ptr", "dcbuf_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=has_len, PRECISION=prec, **blocks))
+                        "dhbuf_ptr", "dcbuf_ptr"}),
+                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
+                                        **blocks))
         for src in (fwd, bwd):
             k = triton.compile(src, target=target, options=dict(num_warps=4, num_stages=2))
             assert len(k.asm["cubin"]) > 0

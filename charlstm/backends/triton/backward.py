@@ -6,7 +6,7 @@ The recurrence runs in reverse, ``t = T-1 .. 0``, plus one closing pass ``t = -1
 produces ``dh0``/``dc0``.  Same three schedules and ownership as the forward (:mod:`.forward`):
 ``"persistent"`` -- one launch, program ``(p, q)`` owns every ``nh``-th hidden tile of batch
 tile ``p`` and meets its batch tile's other programs at :func:`.common.grid_barrier` after every
-step (``dz`` is what crosses programs); ``"sequence"`` -- one launch, program ``p`` owns batch
+step (``dgates`` is what crosses programs); ``"sequence"`` -- one launch, program ``p`` owns batch
 tile ``p`` and all hidden units and runs every step itself, ``tl.debug_barrier()`` between
 steps; ``"step"`` -- one launch per step, program ``(p, q)`` owns batch tile ``p`` and hidden
 tile ``q``.
@@ -14,24 +14,27 @@ tile ``q``.
 Per step ``t`` and tile of ``BLOCK_H`` hidden units ``j``, in one pass:
 
 1. ``dh_next[:, j] = dz[t+1] @ W_hh[:, j]`` with ``tl.dot`` over ``BLOCK_K`` chunks of the
-   ``4H`` gate axis (``dz[t+1]`` is float32, read from a scratch written by the previous step;
-   this is the contract's ``dh_prev = dz @ w_hh`` of step t+1, done lazily so that one pass per
-   step suffices and no program needs another's result within a launch).  Rows inactive at
+   ``4H`` gate axis, ``dz[t+1]`` being ``dgates[t+1]`` as the previous step wrote it, in the
+   input dtype D (the contract's ``dh_prev = dz @ w_hh`` of step t+1, done lazily so that one
+   pass per step suffices and no program needs another's result within a launch).  Rows inactive at
    ``t+1`` keep the carried ``dh``; at ``t = T-1`` the carry is ``dhT``.
 2. the pointwise gradient on registers: ``dh = dh_next + dhs[t]``, ``dc``, the four ``dz``
    from the saved ``gates[t]``, ``cs[t]`` and ``cs[t-1]`` (``c0`` at t = 0);
-3. writes ``dgates[t]`` (dtype D, 0 on inactive rows), ``dz`` (float32 scratch), and the
-   carries ``dh``/``dc`` (float32 scratch).
+3. writes ``dgates[t]`` (dtype D, 0 on inactive rows) and the carries ``dh``/``dc`` (float32
+   scratch).
 
 Scratch, all double-buffered by step parity so that a step never overwrites what it reads
-(which also makes the kernel idempotent, safe for the GPU autotuner): ``dzbuf [2, B, 4H]``,
-``dhbuf [2, B, H]``, ``dcbuf [2, B, H]``, float32.  Nothing stays in registers or shared memory
-across steps; ``W_hh`` tiles are re-read every step.  Extra memory: ``(8 + 4 + 4) * B * H``
-bytes, independent of T.
+(which also makes the kernel idempotent, safe for the GPU autotuner): ``dhbuf [2, B, H]``,
+``dcbuf [2, B, H]``, float32.  Nothing stays in registers or shared memory across steps;
+``W_hh`` tiles are re-read every step.  Extra memory: ``(4 + 4) * 2 * B * H`` bytes,
+independent of T.
 
-Precision: float32 throughout; the ``dz @ W_hh`` dot takes ``W_hh`` cast to float32 with
-``input_precision`` from :func:`.common.backward_precision` (IEEE for float32 and the
-interpreter, TF32 for 16-bit inputs on a GPU).
+Precision: float32 pointwise math and accumulation.  The ``dz @ W_hh`` dot takes ``dz``
+rounded to the input dtype -- the ``dgates`` this backward returns, which is also what a 16-bit
+cuDNN backward multiplies -- and ``W_hh`` as stored, so 16-bit inputs use native 16-bit tensor
+cores and read half the bytes of a float32 ``dz`` (which per step and program is the largest
+read: all ``4H`` columns of the batch tile).  float32 inputs: IEEE float32 dot.  Under the
+interpreter bfloat16 operands are cast to float32 first (exact), as in the forward.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, backward_precision, choose_launch, grid_barrier, run_schedule, tanh,
+from .common import (Launch, choose_launch, dot_mode, grid_barrier, run_schedule, tanh,
                      tuned_kernels)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
@@ -51,20 +54,21 @@ __all__ = ["backward", "lstm_bwd_kernel"]
 @triton.jit
 def lstm_bwd_kernel(
         dhs_ptr, dhT_ptr, dcT_ptr, w_ptr, c0_ptr, cs_ptr, gates_ptr, len_ptr,  # inputs
-        dgates_ptr, dh0_ptr, dc0_ptr, dzbuf_ptr, dhbuf_ptr, dcbuf_ptr,        # outputs, scratch
+        dgates_ptr, dh0_ptr, dc0_ptr, dhbuf_ptr, dcbuf_ptr,                   # outputs, scratch
         sync_ptr, t_first, t_count, T, B, H,
-        HAS_LENGTHS: tl.constexpr, PRECISION: tl.constexpr,
+        HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
         GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Run backward steps ``t_first, t_first - 1, .., t_first - t_count + 1`` (down to -1).
 
     ``dhs [T,B,H]``, ``dhT, dcT, c0 [B,H]``, ``w [4H,H]`` dtype D; ``cs [T,B,H]`` and
     ``gates [T,B,4H]`` float32 (from the forward); ``len [B]`` int32 unless not
-    ``HAS_LENGTHS``.  Outputs ``dgates [T,B,4H]``, ``dh0, dc0 [B,H]`` in D.  Scratch (float32):
-    ``dzbuf[p]`` holds ``dz`` of the last step of parity p, ``dhbuf[p]``/``dcbuf[p]`` the
-    carried ``dh``/``dc`` entering step ``t`` stored by step ``t`` (dh) / ``t+1`` (dc).
-    ``sync``, ``GRID_SYNC``, ``SYNC_SLOTS``, ``XCACHE``: the persistent schedule's step flags
-    and barrier, as in :func:`.forward.lstm_fwd_kernel` (``dzbuf`` is what crosses programs).
+    ``HAS_LENGTHS``.  Outputs ``dgates [T,B,4H]``, ``dh0, dc0 [B,H]`` in D; ``dgates[t+1]``
+    is also step t's ``dz`` input.  Scratch (float32): ``dhbuf[p]``/``dcbuf[p]`` the carried
+    ``dh``/``dc`` entering step ``t`` stored by step ``t`` (dh) / ``t+1`` (dc).
+    ``DOT_F32``/``PRECISION``: as the forward's (:func:`.common.dot_mode`).  ``sync``,
+    ``GRID_SYNC``, ``SYNC_SLOTS``, ``XCACHE``: the persistent schedule's step flags and barrier,
+    as in :func:`.forward.lstm_fwd_kernel` (``dgates`` is what crosses programs).
     """
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -107,11 +111,15 @@ def lstm_bwd_kernel(
             for k0 in range(0, G, BLOCK_K):
                 rk = k0 + rk0
                 km = rk < G
-                dz = tl.load(dzbuf_ptr + p_in * B * G + row_g + rk[None, :],
+                # dz[t+1] as the gate gradients step t+1 returned (dtype D), masked at t = T-1
+                dz = tl.load(dgates_ptr + (t64 + 1) * B * G + row_g + rk[None, :],
                              mask=act_next[:, None] & km[None, :], other=0.0,
                              cache_modifier=XCACHE)
                 w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=km[:, None] & jm,
-                            other=0.0).to(tl.float32)
+                            other=0.0)
+                if DOT_F32:
+                    dz = dz.to(tl.float32)
+                    w = w.to(tl.float32)
                 rec = tl.dot(dz, w, rec, input_precision=PRECISION)
             dh_carry = (tl.load(dhbuf_ptr + p_in * BH + off, mask=inner & jm, other=0.0)
                         + tl.load(dhT_ptr + off, mask=top & jm, other=0.0).to(tl.float32))
@@ -138,21 +146,16 @@ def lstm_bwd_kernel(
             dz_f = tl.where(a2, dc * c_prev * f * (1.0 - f), 0.0)
             dz_g = tl.where(a2, dc * i * (1.0 - g * g), 0.0)
             dz_o = tl.where(a2, dh * tc * o * (1.0 - o), 0.0)
-            # 3. write dgates[t], dz[t] (for step t-1), dc entering step t-1
+            # 3. write dgates[t] (also step t-1's dz), dc entering step t-1
             d_t = dgates_ptr + gofs
             tl.store(d_t, dz_i.to(OUT_T), mask=rm)
             tl.store(d_t + H, dz_f.to(OUT_T), mask=rm)
             tl.store(d_t + 2 * H, dz_g.to(OUT_T), mask=rm)
             tl.store(d_t + 3 * H, dz_o.to(OUT_T), mask=rm)
-            z_t = dzbuf_ptr + p_out * B * G + row_g + rj[None, :]
-            tl.store(z_t, dz_i, mask=rm)
-            tl.store(z_t + H, dz_f, mask=rm)
-            tl.store(z_t + 2 * H, dz_g, mask=rm)
-            tl.store(z_t + 3 * H, dz_o, mask=rm)
             tl.store(dcbuf_ptr + p_out * BH + off, tl.where(a2, dc * f, dc_carry), mask=rm)
             tl.store(dh0_ptr + off, dh_carry.to(OUT_T), mask=close & jm)
             tl.store(dc0_ptr + off, dc_carry.to(OUT_T), mask=close & jm)
-        if GRID_SYNC:   # the next step reads dz written by the other programs of this batch tile
+        if GRID_SYNC:   # the next step reads dgates written by the other programs of its batch tile
             grid_barrier(sync_ptr + pid_b * SYNC_SLOTS, pid_h, n_h, s + 1, SYNC_SLOTS)
         else:           # ... or by other threads of this program
             tl.debug_barrier()
@@ -177,12 +180,12 @@ def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs
         dh0.copy_(dhT)
         dc0.copy_(dcT)
         return dgates, dh0, dc0
-    dzbuf = torch.empty(2, B, G, device=dev, dtype=torch.float32)
     dhbuf = torch.empty(2, B, H, device=dev, dtype=torch.float32)
     dcbuf = torch.empty(2, B, H, device=dev, dtype=torch.float32)
     args = (dhs, dhT, dcT, w_hh, c0, cs, gates, lengths if lengths is not None else cs,
-            dgates, dh0, dc0, dzbuf, dhbuf, dcbuf)
-    flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=backward_precision(D))
+            dgates, dh0, dc0, dhbuf, dcbuf)
+    dot_f32, precision = dot_mode(D)
+    flags = dict(HAS_LENGTHS=lengths is not None, DOT_F32=dot_f32, PRECISION=precision)
     launch = launch or choose_launch(B, H)
     if launch.fixed and launch.block_h < 16:   # this kernel's dot has the hidden tile as N
         launch = launch._replace(block_h=16)

@@ -21,8 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "backward_precision",
-           "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
+__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
            "run_schedule", "tanh", "tune_configs"]
 
 
@@ -49,7 +48,8 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
-    """``(cast_to_f32, input_precision)`` for the forward's ``h @ W_hh^T`` dot.
+    """``(cast_to_f32, input_precision)`` for the kernels' dots (the forward's ``h @ W_hh^T``,
+    the backward's ``dgates @ W_hh``), whose operands are in the input dtype.
 
     * float32: operands stay float32, ``input_precision="ieee"`` (no TF32), so the kernel
       matches the float32 reference to rounding order.
@@ -63,16 +63,6 @@ def dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
     if dtype == torch.bfloat16 and INTERPRET:
         return True, "ieee"
     return False, "tf32"   # ignored for 16-bit operands
-
-
-def backward_precision(dtype: torch.dtype) -> str:
-    """``input_precision`` of the backward's ``dz @ W_hh`` dot (float32 ``dz``, ``W_hh`` cast to float32).
-
-    float32 inputs and the interpreter: ``"ieee"``.  16-bit inputs on a GPU: ``"tf32"``;
-    ``W_hh`` (10 or 7 mantissa bits) is exact in TF32 and ``dz`` is rounded to 10 mantissa
-    bits, finer than rounding it to the input dtype would be.
-    """
-    return "ieee" if (dtype == torch.float32 or INTERPRET) else "tf32"
 
 
 class Launch(NamedTuple):
