@@ -32,6 +32,10 @@ def collect() -> dict:
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
         "backend_override": os.environ.get(backends.ENV_VAR),
+        # the kernel backends' own knobs (read per call by the backends)
+        "triton_schedule": os.environ.get("CHARLSTM_TRITON_SCHEDULE") or "default",
+        "triton_autotune": os.environ.get("CHARLSTM_TRITON_AUTOTUNE", "1") != "0",
+        "cuda_path": os.environ.get("CHARLSTM_CUDA_PATH") or "auto",
         "auto_picks": backends.resolve("auto", device, torch.float32),
         "backends": {},
     }

@@ -280,6 +280,16 @@ def test_info_lists_every_backend(capsys):
     assert "torch " in out and torch.__version__ in out
 
 
+def test_info_reports_the_kernel_knobs(monkeypatch):
+    from charlstm import info
+    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "step")
+    monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
+    monkeypatch.delenv("CHARLSTM_CUDA_PATH", raising=False)
+    got = info.collect()
+    assert (got["triton_schedule"], got["triton_autotune"], got["cuda_path"]) == ("step", False,
+                                                                                "auto")
+
+
 def test_python_m_charlstm_info_runs():
     r = subprocess.run([sys.executable, "-m", "charlstm", "info", "--json"], capture_output=True,
                        text=True, timeout=120)
