@@ -109,9 +109,11 @@ step_build() {
   "$PY" -c "import charlstm, charlstm.backends as b; print({n: b.status(n) for n in b.BACKENDS})"
 }
 
-# pytest, with its final count line ("12 passed, 3 skipped in 4.1s") kept as the step's note
+# pytest, with its final count line ("12 passed, 3 skipped in 4.1s") kept as the step's note.
+# Verbose (one line per test as it finishes), so a run cut by its timeout or the budget still
+# says in its log which tests passed and failed; the 15 slowest tests are listed at the end.
 run_pytest() {
-  "$PY" -m pytest "$@" -q -rs
+  "$PY" -m pytest "$@" -v -rs --durations=15
   local rc=$?
   grep -E '[0-9]+ (passed|failed|skipped|error)' "$RES/logs/$STEP.log" | tail -1 | tr -d '=' \
     | sed 's/^ *//' > "$RES/logs/$STEP.note"
