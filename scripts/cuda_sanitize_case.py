@@ -74,7 +74,11 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     core = cuda_backend.core
     failures = 0
+    canary_failed = os.environ.get("CHARLSTM_GPU_CANARY_FAILED", "").split()
     for path in ("persistent", "stepwise", "persistent_tc"):
+        if f"cuda-{path}" in canary_failed:   # gpu_check's canary saw it fail or hang
+            print(f"SKIP  {path}: scripts/gpu_canary.py cuda-{path} failed or hung")
+            continue
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for T, B, H, packed in ((3, 5, 40, True), (2, 1, 7, False), (2, 17, 24, True)):
                 try:

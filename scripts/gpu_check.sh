@@ -8,6 +8,9 @@
 #   env          versions, nvidia-smi, tools found                        (always runs)
 #   build        pip install --no-deps --no-build-isolation -e .  with TORCH_CUDA_ARCH_LIST set
 #                from torch.cuda.get_device_capability(), so the extension is built for this GPU only
+#   canary       scripts/gpu_canary.py for the triton persistent schedule and the cuda persistent
+#                and persistent_tc paths, 60 s each: a path that fails or hangs is recorded and
+#                later steps steer around it (env.override, CHARLSTM_GPU_CANARY_FAILED)
 #   pytest-cuda  pytest -m cuda tests  (JUnit XML)
 #   triton       tests/test_triton_kernels.py's unmarked tests, which on a GPU run the compiled
 #                Triton kernels on CUDA tensors (not the interpreter)
@@ -57,7 +60,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
 # Order: what later sessions need most first (results to commit), the slow sanitizers last;
 # the total budget may cut the tail.
-ALL_STEPS="env build pytest-cuda bench fixtures fixture-tests ncu triton memcheck racecheck synccheck"
+ALL_STEPS="env build canary pytest-cuda bench fixtures fixture-tests ncu triton memcheck racecheck synccheck"
 STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
 
 HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
@@ -107,6 +110,36 @@ step_build() {
   # load (or JIT-build) the extension now, so no later step pays for a compile
   "$PY" -c "from charlstm.backends.cuda import build; build.load_extension(verbose=True)" || return 1
   "$PY" -c "import charlstm, charlstm.backends as b; print({n: b.status(n) for n in b.BACKENDS})"
+}
+
+# A small run of each kernel path whose failure mode is a hang (spin barriers), under its own
+# timeout, before the long steps use them.  What fails or hangs is written to env.override,
+# which every later step reads: CHARLSTM_GPU_CANARY_FAILED (tests/conftest.py skips the tests
+# that force those paths), and defaults that avoid them (CHARLSTM_TRITON_SCHEDULE=step,
+# CHARLSTM_CUDA_PATH=stepwise or persistent) for everything else.
+step_canary() {
+  need_gpu
+  local kind failed="" rc=0
+  for kind in triton-persistent cuda-persistent cuda-persistent_tc; do
+    echo "== canary $kind"
+    CHARLSTM_TRITON_AUTOTUNE=0 timeout -k 5 60 "$PY" scripts/gpu_canary.py "$kind"
+    case $? in
+      0) ;;
+      2) echo "($kind cannot run here: not counted; the tests will say why)" ;;
+      *) failed="$failed $kind"; rc=1 ;;
+    esac
+  done
+  failed=${failed# }
+  {
+    echo "CHARLSTM_GPU_CANARY_FAILED=\"$failed\""
+    case " $failed " in *" triton-persistent "*) echo "CHARLSTM_TRITON_SCHEDULE=step" ;; esac
+    case " $failed " in
+      *" cuda-persistent "*) echo "CHARLSTM_CUDA_PATH=stepwise" ;;
+      *" cuda-persistent_tc "*) echo "CHARLSTM_CUDA_PATH=persistent" ;;
+    esac
+  } > "$RES/env.override"
+  [ -n "$failed" ] && echo "failed or hung: $failed (later steps steer around them)" > "$RES/logs/$STEP.note"
+  return $rc
 }
 
 # pytest, with its final count line ("12 passed, 3 skipped in 4.1s") kept as the step's note.
@@ -228,12 +261,12 @@ step_fixture_tests() {
   CHARLSTM_TRITON_AUTOTUNE=0 CHARLSTM_CUDNN_FIXTURES="$RES/fixtures" run_pytest tests/test_cudnn_fixtures.py \
     --junitxml="$RES/junit-fixtures.xml"
 }
-export -f bench_part run_pytest step_env step_build step_pytest_cuda step_triton sanitize step_ncu step_memcheck step_racecheck \
+export -f bench_part run_pytest step_env step_build step_canary step_pytest_cuda step_triton sanitize step_ncu step_memcheck step_racecheck \
   step_synccheck step_bench step_fixtures step_fixture_tests
 
 default_timeout() {
   case $1 in
-    env) echo 60 ;; build) echo 240 ;; pytest-cuda) echo 180 ;; triton) echo 60 ;; memcheck) echo 90 ;;
+    env) echo 60 ;; build) echo 240 ;; canary) echo 200 ;; pytest-cuda) echo 180 ;; triton) echo 60 ;; memcheck) echo 90 ;;
     racecheck) echo 90 ;; synccheck) echo 60 ;; ncu) echo 150 ;; bench) echo 300 ;; fixtures) echo 60 ;;
     fixture-tests) echo 90 ;; *) echo 60 ;;
   esac
@@ -303,6 +336,8 @@ run_step() {
   fi
   R_NAME+=("$name"); R_STATUS+=("$status"); R_SECS+=($(( $(date +%s) - t0 )))
   echo "   $name: $status" >&2
+  # what the canary step found applies to every later step
+  if [ -f "$RES/env.override" ]; then set -a; . "$RES/env.override"; set +a; fi
   write_summary
 }
 

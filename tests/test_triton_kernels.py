@@ -520,6 +520,7 @@ def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):
     scripts/gpu_check.sh so test runs don't compile every config for every shape)."""
     from charlstm.backends.triton import common
     monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.delenv("CHARLSTM_TRITON_SCHEDULE", raising=False)
     monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
     fixed = common.choose_launch(8, 512)
     assert fixed.fixed and fixed.schedule == "persistent"
