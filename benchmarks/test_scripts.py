@@ -147,3 +147,20 @@ def test_gpu_check_skips_cleanly_without_gpu(tmp_path):
     assert results.pop("env") == "pass"
     assert results and all(r == "skipped: no GPU" for r in results.values()), results
     assert "no GPU" in (tmp_path / "o" / "summary.txt").read_text()
+
+
+def test_gpu_canary_script_runs_under_the_interpreter():
+    """scripts/gpu_canary.py (gpu_check's canary step) on the Triton persistent schedule under
+    the interpreter, so the script itself cannot rot; on a CPU the barrier has one program per
+    batch tile or runs one launch per step, so this checks the script, not the barrier."""
+    if GPU:
+        pytest.skip("on a GPU the canary step of gpu_check.sh runs it for real")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    p = subprocess.run([sys.executable, str(common.ROOT / "scripts" / "gpu_canary.py"),
+                        "triton-persistent", "--device", "cpu"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "triton-persistent: max relative error" in p.stdout
+    p = subprocess.run([sys.executable, str(common.ROOT / "scripts" / "gpu_canary.py"),
+                        "cuda-persistent"], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2   # no GPU: "cannot run here", which the canary step does not count
