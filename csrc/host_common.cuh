@@ -136,6 +136,31 @@ int launch_persistent_tc(const void* kernel, Params& p, unsigned* counter, int T
   return CHARLSTM_OK;
 }
 
+// The tensor-core step of both launchers' path choice: for PERSISTENT_TC, or AUTO with
+// B >= CHARLSTM_TC_MIN_BATCH, try the tensor-core kernel (float16/bfloat16 only: with float32,
+// PERSISTENT_TC becomes PERSISTENT).  Returns a status; *done says whether it launched (then
+// *used is set).  When it did not, *path is what the FMA paths should run.
+template <typename Params>
+int try_tensor_cores(bool half_type, const void* kernel, Params& p, int T, int B, int H,
+                     size_t elem, TcKind tc, int* path, const char* who, cudaStream_t stream,
+                     int threads, int* used, bool* done) {
+  *done = false;
+  if (*path != CHARLSTM_PATH_PERSISTENT_TC &&
+      !(*path == CHARLSTM_PATH_AUTO && B >= CHARLSTM_TC_MIN_BATCH))
+    return CHARLSTM_OK;
+  if (!half_type) {
+    if (*path == CHARLSTM_PATH_PERSISTENT_TC) *path = CHARLSTM_PATH_PERSISTENT;
+    return CHARLSTM_OK;
+  }
+  const bool forced = *path == CHARLSTM_PATH_PERSISTENT_TC;
+  int st = launch_persistent_tc(kernel, p, p.counter, T, B, H, elem, tc, forced, who, stream,
+                                threads, done);
+  if (st == CHARLSTM_OK && *done && used) *used = CHARLSTM_PATH_PERSISTENT_TC;
+  // (forced and not launched is an error, returned by launch_persistent_tc; AUTO and unfit:
+  // the FMA paths run)
+  return st;
+}
+
 // Common argument validation; returns CHARLSTM_OK or CHARLSTM_ERR_ARGS (message set).
 int check_sizes(const char* who, int T, int B, int H, int dtype, int path);
 

@@ -547,6 +547,24 @@ __device__ __forceinline__ float tc_sum(const float* zs, const TcLayout& L, int 
   return sum;
 }
 
+// One chunk of both directions: stage rows 0..nb-1 of `src` (row stride and length `k`,
+// written by other blocks of this launch: read through L2) as the zero-padded X tile, then
+// Z = A . X^T into zs.  Ends with a __syncthreads(), so zs may be read right after; starts
+// with one, so the previous chunk's readers of xt/zs (and the A tile's writers) are done.
+template <typename T>
+__device__ __forceinline__ void tc_stage_and_multiply(const T* src, int k, int nb, const T* at,
+                                                      T* xt, float* zs, const TcLayout& L) {
+  const T zero = from_f<T>(0.0f);
+  __syncthreads();
+  for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
+    const int n = e / L.kpad, c = e % L.kpad;
+    xt[e] = (n < nb && c < k) ? ld_cg(src + (long long)n * k + c) : zero;
+  }
+  __syncthreads();
+  tc_chunk_products<T>(at, xt, zs, L);
+  __syncthreads();
+}
+
 template <typename T>
 __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, int units,
                                                        unsigned char* smem) {
@@ -569,14 +587,7 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p, in
     T* hdst = p.hbuf + (long long)((t + 1) & 1) * B * H;
     for (int bc = 0; bc < B; bc += 16) {
       const int nb = min(16, B - bc);
-      __syncthreads();  // W tile written (first pass); previous chunk done with ht and zs
-      for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
-        const int r = e / L.kpad, k = e % L.kpad;
-        ht[e] = (r < nb && k < H) ? ld_cg(hsrc + (long long)(bc + r) * H + k) : zero;
-      }
-      __syncthreads();
-      tc_chunk_products<T>(wt, ht, zs, L);
-      __syncthreads();
+      tc_stage_and_multiply<T>(hsrc + (long long)bc * H, H, nb, wt, ht, zs, L);
       for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
         const int u = idx % nu, q = idx / nu;
         fwd_cell<T>(p, t, bc + q, j0 + u, tc_sum(zs, L, u, q), tc_sum(zs, L, units + u, q),
@@ -621,16 +632,7 @@ __device__ __forceinline__ void bwd_persistent_tc_body(const BwdParams<T>& p, in
     float* dzdst = p.dzbuf + (long long)(s & 1) * B * G;    // used only when s >= 0
     for (int bc = 0; bc < B; bc += 16) {
       const int nb = min(16, B - bc);
-      if (need_mv) {
-        __syncthreads();  // A tile written (first pass); previous chunk done with xt and zs
-        for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
-          const int n = e / L.kpad, r = e % L.kpad;
-          xt[e] = (n < nb && r < G) ? ld_cg(dsrc + (long long)(bc + n) * G + r) : zero;
-        }
-        __syncthreads();
-        tc_chunk_products<T>(at, xt, zs, L);
-        __syncthreads();
-      }
+      if (need_mv) tc_stage_and_multiply<T>(dsrc + (long long)bc * G, (int)G, nb, at, xt, zs, L);
       for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
         const int u = idx % nu, q = idx / nu;
         bwd_cell<T>(p, s, bc + q, j0 + u, need_mv ? tc_sum(zs, L, u, q) : 0.0f, dzdst);

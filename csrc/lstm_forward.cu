@@ -63,24 +63,13 @@ static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path
   p.H = a->H;
   const size_t rowbytes = (size_t)a->H * sizeof(T);  // one staged row of h
 
-  if (path == CHARLSTM_PATH_PERSISTENT_TC ||
-      (path == CHARLSTM_PATH_AUTO && a->B >= CHARLSTM_TC_MIN_BATCH)) {
-    if constexpr (std::is_same<T, float>::value) {
-      if (path == CHARLSTM_PATH_PERSISTENT_TC) path = CHARLSTM_PATH_PERSISTENT;  // half types only
-    } else {
-      const bool forced = path == CHARLSTM_PATH_PERSISTENT_TC;
-      bool launched = false;
-      int st = launch_persistent_tc(reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>), p,
-                                    p.counter, a->T, a->B, a->H, sizeof(T), kTcForward, forced,
-                                    "forward", stream, kThreads, &launched);
-      if (st != CHARLSTM_OK) return st;
-      if (launched) {  // (forced and not launched is an error, returned above)
-        if (used) *used = CHARLSTM_PATH_PERSISTENT_TC;
-        return CHARLSTM_OK;
-      }
-      // AUTO and the tensor-core layout does not fit: the FMA paths below
-    }
-  }
+  const void* tc_kernel = nullptr;  // tensor cores: float16/bfloat16 only (never instantiated
+  if constexpr (!std::is_same<T, float>::value)   // for float)
+    tc_kernel = reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>);
+  bool done = false;
+  int tst = try_tensor_cores(tc_kernel != nullptr, tc_kernel, p, a->T, a->B, a->H, sizeof(T),
+                             kTcForward, &path, "forward", stream, kThreads, used, &done);
+  if (tst != CHARLSTM_OK || done) return tst;
   if (path != CHARLSTM_PATH_STEPWISE) {
     bool launched = false;
     int st = launch_persistent(reinterpret_cast<const void*>(&fwd_persistent_kernel<T>), p, p.counter, a->T,
