@@ -45,8 +45,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, choose_launch, dot_mode, grid_barrier, run_schedule, tanh,
-                     tuned_kernels)
+from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, run_schedule,
+                     tanh, tuned_kernels)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
 
@@ -74,18 +74,11 @@ def lstm_bwd_kernel(
     pid_h = tl.program_id(1)
     n_h = tl.num_programs(1)
     OUT_T = dgates_ptr.dtype.element_ty
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    bmask = rb < B
-    if HAS_LENGTHS:
-        L = tl.load(len_ptr + rb, mask=bmask, other=0)
-    else:
-        L = tl.where(bmask, T, 0)
+    bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
     BH = B * H
     G = 4 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
-    row_g = rb[:, None] * G          # row offsets into [.., B, 4H] and [.., B, H] tensors
-    row_h = rb[:, None] * H
     for s in range(0, t_count):
         t = t_first - s
         t64 = t.to(tl.int64)

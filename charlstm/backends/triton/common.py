@@ -10,6 +10,7 @@
   (grid, per-step loop, step flags), the one place both kernels' launch logic lives.
 * :func:`grid_barrier` -- the ``"persistent"`` schedule's per-step barrier among the programs
   of one batch tile (``@triton.jit``, GPU only in earnest; see its docstring).
+* :func:`batch_tile` -- ``@triton.jit``: a program's batch rows, lengths and row offsets.
 * :func:`lstm_cell`, :func:`tanh` -- ``@triton.jit`` pointwise math in float32.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
+__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "batch_tile", "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
            "run_schedule", "tanh", "tune_configs"]
 
 
@@ -368,6 +369,21 @@ def grid_barrier(flags_ptr, slot, n_slots, value, SYNC_SLOTS: tl.constexpr):
         seen = tl.min(tl.where(smask, tl.atomic_add(flags_ptr + rs, 0, mask=smask, sem="acquire",
                                                     scope="gpu"), value), axis=0)
     tl.debug_barrier()
+
+
+@triton.jit
+def batch_tile(len_ptr, T, B, H, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The batch rows of program ``(pid_b, .)`` -> ``(bmask, L, row_g, row_h)``: which of its
+    ``BLOCK_B`` rows exist, their lengths (``T`` without ``HAS_LENGTHS``; 0 for rows past B),
+    and their row offsets ``[BLOCK_B, 1]`` into ``[.., B, 4H]`` and ``[.., B, H]`` tensors.
+    Shared by the forward and backward kernels."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = rb < B
+    if HAS_LENGTHS:
+        L = tl.load(len_ptr + rb, mask=bmask, other=0)
+    else:
+        L = tl.where(bmask, T, 0)
+    return bmask, L, rb[:, None] * (4 * H), rb[:, None] * H
 
 
 @triton.jit

@@ -49,8 +49,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, choose_launch, dot_mode, grid_barrier, lstm_cell, run_schedule,
-                     tuned_kernels)
+from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, lstm_cell,
+                     run_schedule, tuned_kernels)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
 
@@ -84,12 +84,7 @@ def lstm_fwd_kernel(
     pid_h = tl.program_id(1)
     n_h = tl.num_programs(1)
     OUT_T = hs_ptr.dtype.element_ty
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    bmask = rb < B
-    if HAS_LENGTHS:
-        L = tl.load(len_ptr + rb, mask=bmask, other=0)
-    else:
-        L = tl.where(bmask, T, 0)
+    bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
     BH = B * H
     G = 4 * H
     rj0 = tl.arange(0, BLOCK_H)
@@ -97,8 +92,6 @@ def lstm_fwd_kernel(
     rc = tl.arange(0, 4 * BLOCK_H)   # dot column c = 4 * jj + gate
     c_gate = rc % 4
     c_jj = rc // 4
-    row_g = rb[:, None] * G          # row offsets into [.., B, 4H] and [.., B, H] tensors
-    row_h = rb[:, None] * H
     if W_RESIDENT:                   # this program's only hidden tile, all of K, for all steps
         rjc = pid_h * BLOCK_H + c_jj
         w_res = tl.load(w_ptr + (c_gate * H + rjc)[None, :] * H + rk0[:, None],
