@@ -404,19 +404,29 @@ __device__ __forceinline__ void fwd_persistent_body(const FwdParams<T>& p, int u
   }
 }
 
-// Stepwise forward, step t: block (x, y) runs units [x*units, +units) for rows [y*rows, +rows),
-// staging stage_rows rows of h at a time in smem (stage_rows == 0: no staging).
+// The tile of a stepwise block (x, y): units [j0, j0+nu) = [x*units, +units) and rows
+// [b0, b1) = [y*rows, +rows), clipped to H and B.  Both directions use it.
+struct StepTile {
+  int j0, nu, b0, b1;
+};
+__device__ __forceinline__ StepTile step_tile(int H, int B, int units, int rows) {
+  StepTile s;
+  s.j0 = blockIdx.x * units;
+  s.nu = min(units, H - s.j0);
+  s.b0 = blockIdx.y * rows;
+  s.b1 = min(B, s.b0 + rows);
+  return s;
+}
+
+// Stepwise forward, step t: block (x, y) runs the step_tile, staging stage_rows rows of h at a
+// time in smem (stage_rows == 0: no staging).
 template <typename T>
 __device__ __forceinline__ void fwd_step_body(const FwdParams<T>& p, int t, int units, int rows,
                                               int stage_rows, unsigned char* smem) {
-  const int H = p.H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  const int b0 = blockIdx.y * rows;
-  const int b1 = min(p.B, b0 + rows);
+  const StepTile k = step_tile(p.H, p.B, units, rows);
   T* hsm = stage_rows > 0 ? reinterpret_cast<T*>(smem) : nullptr;
-  fwd_block_step<T, false>(p, t, p.w + (long long)j0 * H, (long long)H * H, j0, nu, b0, b1,
-                           stage_rows > 0 ? stage_rows : rows, hsm);
+  fwd_block_step<T, false>(p, t, p.w + (long long)k.j0 * p.H, (long long)p.H * p.H, k.j0, k.nu,
+                           k.b0, k.b1, stage_rows > 0 ? stage_rows : rows, hsm);
 }
 
 // Persistent backward: block owns units [blockIdx.x*units, +units); smem holds those rows of
@@ -444,13 +454,9 @@ __device__ __forceinline__ void bwd_persistent_body(const BwdParams<T>& p, int u
 template <typename T>
 __device__ __forceinline__ void bwd_step_body(const BwdParams<T>& p, int s, int units, int rows,
                                               int stage_rows, unsigned char* smem) {
-  const int H = p.H;
-  const int j0 = blockIdx.x * units;
-  const int nu = min(units, H - j0);
-  const int b0 = blockIdx.y * rows;
-  const int b1 = min(p.B, b0 + rows);
+  const StepTile k = step_tile(p.H, p.B, units, rows);
   float* zsm = stage_rows > 0 ? reinterpret_cast<float*>(smem) : nullptr;
-  bwd_block_step<T, false>(p, s, p.wt + (long long)j0 * 4 * H, j0, nu, b0, b1,
+  bwd_block_step<T, false>(p, s, p.wt + (long long)k.j0 * 4 * p.H, k.j0, k.nu, k.b0, k.b1,
                            stage_rows > 0 ? stage_rows : rows, zsm);
 }
 
