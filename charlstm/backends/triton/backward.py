@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, run_schedule,
+from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier, run_schedule,
                      tanh, tuned_kernels)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
@@ -57,7 +57,7 @@ def lstm_bwd_kernel(
         dgates_ptr, dh0_ptr, dc0_ptr, dhbuf_ptr, dcbuf_ptr,                   # outputs, scratch
         sync_ptr, t_first, t_count, T, B, H,
         HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-        GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
+        GRID_SYNC: tl.constexpr, XCACHE: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Run backward steps ``t_first, t_first - 1, .., t_first - t_count + 1`` (down to -1).
 
@@ -74,9 +74,22 @@ def lstm_bwd_kernel(
     pid_h = tl.program_id(1)
     n_h = tl.num_programs(1)
     OUT_T = dgates_ptr.dtype.element_ty
-    bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
-    BH = B * H
+    row0, bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
     G = 4 * H
+    BH = tl.cast(B, tl.int64) * H    # the T (or parity) stride of [.., B, H], in 64 bits
+    BG = 4 * BH                      # ... of [.., B, 4H]
+    # every [.., B, ..] pointer moves to this program's batch tile (64-bit, see batch_tile)
+    gates_ptr += row0 * G
+    dgates_ptr += row0 * G
+    dhs_ptr += row0 * H
+    dhT_ptr += row0 * H
+    dcT_ptr += row0 * H
+    c0_ptr += row0 * H
+    cs_ptr += row0 * H
+    dh0_ptr += row0 * H
+    dc0_ptr += row0 * H
+    dhbuf_ptr += row0 * H
+    dcbuf_ptr += row0 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
     for s in range(0, t_count):
@@ -105,11 +118,12 @@ def lstm_bwd_kernel(
                 rk = k0 + rk0
                 km = rk < G
                 # dz[t+1] as the gate gradients step t+1 returned (dtype D), masked at t = T-1
-                dz = tl.load(dgates_ptr + (t64 + 1) * B * G + row_g + rk[None, :],
+                dz = tl.load(dgates_ptr + (t64 + 1) * BG + row_g + rk[None, :],
                              mask=act_next[:, None] & km[None, :], other=0.0,
                              cache_modifier=XCACHE)
-                w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=km[:, None] & jm,
-                            other=0.0)
+                # W_hh[k, j], k < 4H: 4H^2 may exceed 2^31, so the row offset is 64-bit
+                w = tl.load(w_ptr + tl.cast(rk, tl.int64)[:, None] * H + rj[None, :],
+                            mask=km[:, None] & jm, other=0.0)
                 if DOT_F32:
                     dz = dz.to(tl.float32)
                     w = w.to(tl.float32)
@@ -122,8 +136,8 @@ def lstm_bwd_kernel(
             tl.store(dhbuf_ptr + p_out * BH + off, dh_carry, mask=m2)
             # 2. the pointwise gradient of step t (all loads masked off in the closing pass)
             rm = real & jm
-            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
-            g_t = gates_ptr + gofs
+            gofs = row_g + rj[None, :]              # gate i of [t, b, j] in [T, B, 4H] at step t
+            g_t = gates_ptr + t64 * BG + gofs
             i = tl.load(g_t, mask=rm, other=0.0)
             f = tl.load(g_t + H, mask=rm, other=0.0)
             g = tl.load(g_t + 2 * H, mask=rm, other=0.0)
@@ -140,7 +154,7 @@ def lstm_bwd_kernel(
             dz_g = tl.where(a2, dc * i * (1.0 - g * g), 0.0)
             dz_o = tl.where(a2, dh * tc * o * (1.0 - o), 0.0)
             # 3. write dgates[t] (also step t-1's dz), dc entering step t-1
-            d_t = dgates_ptr + gofs
+            d_t = dgates_ptr + t64 * BG + gofs
             tl.store(d_t, dz_i.to(OUT_T), mask=rm)
             tl.store(d_t + H, dz_f.to(OUT_T), mask=rm)
             tl.store(d_t + 2 * H, dz_g.to(OUT_T), mask=rm)
@@ -149,7 +163,7 @@ def lstm_bwd_kernel(
             tl.store(dh0_ptr + off, dh_carry.to(OUT_T), mask=close & jm)
             tl.store(dc0_ptr + off, dc_carry.to(OUT_T), mask=close & jm)
         if GRID_SYNC:   # the next step reads dgates written by the other programs of its batch tile
-            grid_barrier(sync_ptr + pid_b * SYNC_SLOTS, pid_h, n_h, s + 1, SYNC_SLOTS)
+            grid_barrier(sync_ptr + pid_b * COUNTER_STRIDE, n_h, s + 1)
         else:           # ... or by other threads of this program
             tl.debug_barrier()
 

@@ -15,7 +15,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -190,11 +192,18 @@ def tune_configs(schedule: str = "sequence", direction: str = "forward") -> list
     return out
 
 
-def _prune_resident(configs, named_args, **_):
-    """The persistent forward autotuner's ``early_config_prune``: keeps every ordinary
-    configuration and each W_RESIDENT one that can run this shape -- every program owns one
-    hidden tile inside the co-residency cap, ``next_pow2(H) <= RESIDENT_MAX_K`` and the slice
-    fits ``RESIDENT_BYTES_PER_WARP`` -- with its ``BLOCK_K`` set to ``next_pow2(H)``."""
+def _prune_persistent(configs, named_args, **_):
+    """The persistent autotuners' ``early_config_prune`` (both directions), per shape:
+
+    * co-residency: where some configuration's whole grid fits the device (one program per
+      SM), only those are kept, so that every grid the autotuner launches can be launched
+      cooperatively (:func:`run_schedule`); a configuration left out has ``nh == 1`` with more
+      batch tiles than SMs (see :func:`persistent_grid`).  Where none fits, all have
+      ``nh == 1``, nobody waits, and all are kept (launched ordinarily).
+    * W_RESIDENT (forward): each one is kept only where it can run this shape -- every program
+      owns one hidden tile, ``next_pow2(H) <= RESIDENT_MAX_K`` and the slice fits
+      ``RESIDENT_BYTES_PER_WARP`` -- with its ``BLOCK_K`` set to ``next_pow2(H)``.
+    """
     B, H = int(named_args["B"]), int(named_args["H"])
     w = named_args["w_ptr"]
     cap = _device_programs(w.device)
@@ -202,10 +211,12 @@ def _prune_resident(configs, named_args, **_):
     out = []
     for c in configs:
         kw = c.kwargs
+        nb, nh = persistent_grid(B, H, kw["BLOCK_B"], kw["BLOCK_H"], cap)
+        if cap is not None and nb * nh > cap and _grid_fits(B, cap, configs):
+            continue
         if not kw.get("W_RESIDENT"):
             out.append(c)
             continue
-        nh = persistent_grid(B, H, kw["BLOCK_B"], kw["BLOCK_H"], cap)[1]
         slice_bytes = hp * 4 * kw["BLOCK_H"] * w.element_size()
         if (nh * kw["BLOCK_H"] < H or hp > RESIDENT_MAX_K
                 or slice_bytes > RESIDENT_BYTES_PER_WARP * c.num_warps):
@@ -213,6 +224,12 @@ def _prune_resident(configs, named_args, **_):
         out.append(triton.Config(dict(kw, BLOCK_K=hp), num_warps=c.num_warps,
                                  num_stages=c.num_stages))
     return out
+
+
+def _grid_fits(batch: int, cap: Optional[int], configs) -> bool:
+    """Whether some configuration's persistent grid fits ``cap`` programs: the one with the
+    largest ``BLOCK_B`` has the fewest batch tiles, and a grid with ``nh > 1`` always fits."""
+    return cap is None or triton.cdiv(batch, max(c.kwargs["BLOCK_B"] for c in configs)) <= cap
 
 
 def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
@@ -230,15 +247,18 @@ def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
 
 #: the narrowest hidden tile any launch may use (the forward's gate-interleaved dot: 4 x 4 = 16)
 MIN_BLOCK_H = 4
+#: the shortest batch tile any launch may use (``tl.dot``'s minimum M)
+MIN_BLOCK_B = 16
+#: int64 elements between two batch tiles' arrival counters: 128 bytes, one cache line each, so
+#: the programs of one batch tile never poll a line that another tile's programs write
+COUNTER_STRIDE = tl.constexpr(16)  # (a constexpr: the kernels read it)
 
 
-def sync_slots(max_programs: Optional[int], hidden: int) -> int:
-    """Flags per batch tile: a power of two >= the largest ``nh`` any configuration may use
-    (one hidden program per ``MIN_BLOCK_H``-wide tile, at most ``max_programs``)."""
-    most = triton.cdiv(hidden, MIN_BLOCK_H)
-    if max_programs is not None:
-        most = min(max_programs, most)
-    return max(2, triton.next_power_of_2(most))
+def barrier_counters(batch: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int64 arrival counters of :func:`grid_barrier`, one per batch tile any
+    configuration can have (``BLOCK_B >= MIN_BLOCK_B``), ``COUNTER_STRIDE`` apart."""
+    return torch.zeros(triton.cdiv(batch, MIN_BLOCK_B) * COUNTER_STRIDE.value, device=device,
+                       dtype=torch.int64)
 
 
 def _device_programs(device: torch.device) -> Optional[int]:
@@ -249,25 +269,53 @@ def _device_programs(device: torch.device) -> Optional[int]:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _on_device(device: torch.device):
+    """``torch.cuda.device(device)`` for a CUDA device: Triton launches on the current device's
+    current stream, which must be the tensors' (as the CUDA backend's ops guard it)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+#: persistent launches whose cooperative grid the driver refused, keyed by device, kernel,
+#: shape and launch: they run the "step" schedule without trying (and warning) again
+_REFUSED: set = set()
+
+
+def _is_refusal(err: RuntimeError) -> bool:
+    """Whether a launch error is the driver refusing a cooperative grid (not a fault):
+    ``CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE`` (the grid cannot be resident at once, e.g.
+    an MPS client limited to fewer SMs) or ``CUDA_ERROR_NOT_SUPPORTED`` (no cooperative
+    launch on this device or setup), as Triton's launcher words them."""
+    text = str(err)
+    return "cooperative launch" in text or "operation not supported" in text
+
+
 def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int, args: tuple,
                  flags: dict, first: int, count: int, direction: int, device: torch.device,
-                 fixed_extra: Optional[dict] = None) -> None:
+                 fixed_extra: Optional[dict] = None) -> str:
     """Launch a forward or backward kernel for the steps ``first, first + direction, ..``
-    (``count`` of them) under ``launch``.
+    (``count`` of them) under ``launch``; returns the schedule that ran.
 
     The kernel's signature is ``(*args, sync_ptr, t_first, t_count, T, B, H, **flags,
-    GRID_SYNC, SYNC_SLOTS, XCACHE, BLOCK_B, BLOCK_H, BLOCK_K)``; this function supplies
-    everything from ``sync_ptr`` on (the zeroed step flags of :func:`grid_barrier`, the step
-    range, the persistent-schedule constants and the blocks).  ``tuned`` maps a schedule to
-    its autotuned wrapper (:func:`tuned_kernels`, GPU only).  Forward: ``first = 0,
-    direction = +1``; backward: ``first = T - 1, direction = -1`` (the kernel counts down).
-    ``fixed_extra``: more constexprs for a fixed launch (the forward's ``W_RESIDENT``).
+    GRID_SYNC, XCACHE, BLOCK_B, BLOCK_H, BLOCK_K)``; this function supplies everything from
+    ``sync_ptr`` on (the zeroed arrival counters of :func:`grid_barrier`, the step range, the
+    persistent-schedule constants and the blocks).  ``tuned`` maps a schedule to its autotuned
+    wrapper (:func:`tuned_kernels`, GPU only).  Forward: ``first = 0, direction = +1``;
+    backward: ``first = T - 1, direction = -1`` (the kernel counts down).  ``fixed_extra``:
+    more constexprs for a fixed launch (the forward's ``W_RESIDENT``).
+
+    Launches run under ``torch.cuda.device(device)``, on that device's current stream.  A
+    persistent grid whose programs wait for each other is launched *cooperatively*
+    (``launch_cooperative_grid=True``: ``CU_LAUNCH_ATTRIBUTE_COOPERATIVE``), so the driver
+    either makes every program resident at once or refuses the launch; then this warns once
+    and runs the ``"step"`` schedule instead (returning ``"step"``), never a grid that could
+    hang.
     """
     cap = launch.max_programs if launch.max_programs is not None else _device_programs(device)
     if launch.fixed:
-        if launch.block_h < MIN_BLOCK_H or launch.block_b < 16:
-            raise ValueError(f"triton backend: block_h must be >= {MIN_BLOCK_H} and block_b >= 16, "
-                             f"got block_h={launch.block_h}, block_b={launch.block_b}")
+        if launch.block_h < MIN_BLOCK_H or launch.block_b < MIN_BLOCK_B:
+            raise ValueError(f"triton backend: block_h must be >= {MIN_BLOCK_H} and block_b >= "
+                             f"{MIN_BLOCK_B}, got block_h={launch.block_h}, "
+                             f"block_b={launch.block_b}")
         kern, meta = kernel, dict(BLOCK_B=launch.block_b, BLOCK_H=launch.block_h,
                                   BLOCK_K=launch.block_k, num_warps=launch.num_warps)
         meta.update(fixed_extra or {})
@@ -275,14 +323,17 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
             _check_resident(launch, B, H, cap)
     else:
         kern, meta = tuned[launch.schedule], {}
-    slots = sync_slots(cap, H)
     sched = launch.schedule
     per_step = sched == "step"
-    grid_sync = False
+    grid_sync = cooperative = False
     if sched == "persistent":
-        nh = persistent_grid(B, H, launch.block_b or 16, launch.block_h or 16, cap)[1]
-        # interpreter: a barrier among several programs would deadlock (they run one by one)
-        per_step = INTERPRET and nh > 1
+        if launch.fixed:
+            nh = persistent_grid(B, H, launch.block_b, launch.block_h, cap)[1]
+            # interpreter: a barrier among several programs would deadlock (they run one by one)
+            per_step = INTERPRET and nh > 1
+            cooperative = nh > 1 and not per_step
+        else:   # GPU autotuner: every configuration it launches fits (_prune_persistent)
+            cooperative = _grid_fits(B, cap, kern.configs)
         grid_sync = not per_step
 
     def grid(m):
@@ -292,17 +343,36 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
             return (triton.cdiv(B, m["BLOCK_B"]), triton.cdiv(H, m["BLOCK_H"]))
         return persistent_grid(B, H, m["BLOCK_B"], m["BLOCK_H"], cap)
 
-    # the step flags, one row of `slots` per possible batch tile (BLOCK_B >= 16); only the
-    # persistent schedule reads them (the autotuner zeroes them again before each timing run)
-    sync = torch.zeros(triton.cdiv(B, 16) * slots if sched == "persistent" else 1,
-                       device=device, dtype=torch.int32)
-    sync_flags = dict(GRID_SYNC=grid_sync, SYNC_SLOTS=slots, XCACHE=".cg" if grid_sync else "")
-    if per_step:
-        for s in range(count):
-            kern[grid](*args, sync, first + direction * s, 1, T, B, H, **flags, **sync_flags,
-                       **meta)
-    else:
-        kern[grid](*args, sync, first, count, T, B, H, **flags, **sync_flags, **meta)
+    # only the persistent schedule reads the counters (its autotuner zeroes them again before
+    # each timing run); the others get a one-element placeholder
+    sync = barrier_counters(B if sched == "persistent" else 1, device)
+    consts = dict(GRID_SYNC=grid_sync, XCACHE=".cg" if grid_sync else "", **flags, **meta)
+    refusal_key = (str(device), getattr(kernel, "__name__", repr(kernel)), B, H, launch)
+    with _on_device(device):
+        if per_step:
+            for s in range(count):
+                kern[grid](*args, sync, first + direction * s, 1, T, B, H, **consts)
+            return sched
+        if not cooperative:
+            kern[grid](*args, sync, first, count, T, B, H, **consts)
+            return sched
+        if refusal_key not in _REFUSED:
+            try:
+                kern[grid](*args, sync, first, count, T, B, H, **consts,
+                           launch_cooperative_grid=True)
+                return sched
+            except RuntimeError as err:
+                if not _is_refusal(err):
+                    raise
+                _REFUSED.add(refusal_key)
+                warnings.warn(
+                    f"charlstm triton backend: the driver refused the cooperative launch of the "
+                    f"persistent {refusal_key[1]} grid (B={B}, H={H}) on {device}: {err}; running "
+                    f"the 'step' schedule instead (one launch per time step)",
+                    RuntimeWarning, stacklevel=3)
+    return run_schedule(kernel, tuned, launch._replace(schedule="step"), T=T, B=B, H=H,
+                        args=args, flags=flags, first=first, count=count, direction=direction,
+                        device=device, fixed_extra=fixed_extra)
 
 
 def _check_resident(launch: Launch, B: int, H: int, cap: Optional[int]) -> None:
@@ -324,8 +394,8 @@ def _check_resident(launch: Launch, B: int, H: int, cap: Optional[int]) -> None:
 def tuned_kernels(kernel, direction: str) -> dict:
     """One autotuned wrapper of the ``direction`` ("forward"/"backward") ``kernel`` per schedule
     (separate caches: the best blocks of a one-launch schedule are not those of a per-step one),
-    keyed on B and H; the persistent ones zero their step flags before every timing run, and
-    the persistent forward prunes its W_RESIDENT configurations per shape.  Empty under the
+    keyed on B and H; the persistent ones zero their arrival counters before every timing run
+    and prune their configurations per shape (:func:`_prune_persistent`).  Empty under the
     interpreter."""
     if INTERPRET:
         return {}
@@ -334,56 +404,85 @@ def tuned_kernels(kernel, direction: str) -> dict:
         extra = {}
         if sched == "persistent":
             extra["reset_to_zero"] = ["sync_ptr"]
-            if direction == "forward":
-                extra["prune_configs_by"] = {"early_config_prune": _prune_resident}
+            extra["prune_configs_by"] = {"early_config_prune": _prune_persistent}
         out[sched] = triton.autotune(configs=tune_configs(sched, direction), key=["B", "H"],
                                      **extra)(kernel)
     return out
 
 
+#: nanoseconds a program sleeps between two polls of its arrival counter (``nanosleep``: the
+#: hardware sleeps between 0 and twice that).  A guess, not measured: short against a step
+#: (microseconds), long enough that up to one program per SM polling one line leaves L2 alone.
+POLL_SLEEP_NS = 64
+#: the poll loop's sleep as inline PTX (Triton has no sleep of its own), used only on a GPU:
+#: the interpreter has no inline assembly, and its programs run one after another, so a poll
+#: never has to wait there
+_POLL_SLEEP_ASM = tl.constexpr(f"nanosleep.u32 {POLL_SLEEP_NS};\nmov.b32 $0, 0;")
+_SLEEP_BETWEEN_POLLS = tl.constexpr(not INTERPRET)
+
+
 @triton.jit
-def grid_barrier(flags_ptr, slot, n_slots, value, SYNC_SLOTS: tl.constexpr):
-    """Barrier of the ``"persistent"`` schedule among the ``n_slots`` programs of one batch tile.
+def _sleep_between_polls():
+    """``nanosleep`` for ``POLL_SLEEP_NS`` on a GPU; nothing when interpreting."""
+    if _SLEEP_BETWEEN_POLLS:
+        tl.inline_asm_elementwise(_POLL_SLEEP_ASM, "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
-    ``flags_ptr`` points at the batch tile's ``SYNC_SLOTS`` int32 step flags (zero at launch);
-    the caller is program ``slot`` and has just finished step number ``value`` (1, 2, ..).
-    Protocol (a fresh value per step, so no flag is ever reset inside a launch):
 
-    1. ``tl.debug_barrier()``: every thread of the program has issued its stores of this step;
-    2. ``atomic_xchg(flag[slot], value)`` with release semantics at GPU scope publishes them
-       (exchange, not add: correct even if every thread executed it);
-    3. spin on an acquire read of all ``n_slots`` flags until their minimum reaches ``value``;
+@triton.jit
+def grid_barrier(counter_ptr, n_programs, step):
+    """Barrier of the ``"persistent"`` schedule among the ``n_programs`` programs of one batch
+    tile, after each one has finished step number ``step`` (1, 2, .. within this launch).
+
+    ``counter_ptr`` points at the batch tile's int64 *arrival counter* (zero at launch).  Each
+    program adds 1 to it once per step, so after step ``s`` it reaches ``n_programs * s``: it
+    only grows, and nothing is ever reset inside a launch.  Protocol:
+
+    1. ``tl.debug_barrier()`` (``bar.sync``): every thread of the program has issued this
+       step's stores;
+    2. one ``atomic_add(counter, 1)`` with acq_rel semantics at GPU scope (Triton issues a
+       scalar atomic from one thread): its release half publishes those stores; the program
+       that arrives last reads ``n_programs * step`` back and never polls;
+    3. the others poll: one acquire load of the counter per round (Triton lowers the scalar
+       ``atomic_add(counter, 0, sem="acquire")`` to one ``ld.acquire.gpu`` from one thread and
+       shares the value through shared memory), with a ``nanosleep`` between rounds;
     4. ``tl.debug_barrier()``: no thread reads the next step's inputs before the acquire.
 
-    Needs every program of the batch tile resident (see :func:`persistent_grid`).  Readers of
-    other programs' data load it with ``cache_modifier=".cg"`` (L2, not a possibly stale L1).
-    Under the interpreter it runs only with ``n_slots == 1``, where it never waits.
+    Visibility of the other programs' stores to every thread of this one comes from that
+    release/acquire pair at GPU scope plus the block barriers around it (causality order in
+    the PTX memory model); the ``.cg`` hint on the readers' loads is not what guarantees it
+    (pipelined loads become ``cp.async``, which ignores it).  Needs every program of the batch
+    tile resident at once: :func:`run_schedule` launches such grids cooperatively.  Under the
+    interpreter it runs only with ``n_programs == 1``, where step 2 already returns the target.
     """
     tl.debug_barrier()
-    tl.atomic_xchg(flags_ptr + slot, value, sem="release", scope="gpu")
-    rs = tl.arange(0, SYNC_SLOTS)
-    smask = rs < n_slots
-    seen = tl.min(tl.where(smask, tl.atomic_add(flags_ptr + rs, 0, mask=smask, sem="acquire",
-                                                scope="gpu"), value), axis=0)
-    while seen < value:
-        seen = tl.min(tl.where(smask, tl.atomic_add(flags_ptr + rs, 0, mask=smask, sem="acquire",
-                                                    scope="gpu"), value), axis=0)
+    target = n_programs.to(tl.int64) * step
+    seen = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") + 1
+    while seen < target:
+        _sleep_between_polls()
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
 
 @triton.jit
 def batch_tile(len_ptr, T, B, H, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
-    """The batch rows of program ``(pid_b, .)`` -> ``(bmask, L, row_g, row_h)``: which of its
-    ``BLOCK_B`` rows exist, their lengths (``T`` without ``HAS_LENGTHS``; 0 for rows past B),
-    and their row offsets ``[BLOCK_B, 1]`` into ``[.., B, 4H]`` and ``[.., B, H]`` tensors.
-    Shared by the forward and backward kernels."""
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    """The batch rows of program ``(pid_b, .)`` -> ``(row0, bmask, L, row_g, row_h)``: its first
+    row ``row0`` as an int64 scalar, which of its ``BLOCK_B`` rows exist, their lengths (``T``
+    without ``HAS_LENGTHS``; 0 for rows past B), and their row offsets ``[BLOCK_B, 1]`` *inside
+    the tile* into ``[.., B, 4H]`` and ``[.., B, H]`` tensors.
+
+    Offsets: ``B * H`` may exceed 2^31, so the kernels move each base pointer to row ``row0``
+    and to its time step with 64-bit scalars (``row0 * 4H``, ``t * B * H``) and keep only
+    offsets inside one tile, below ``BLOCK_B * 4H``, in 32 bits (fewer registers than 64-bit
+    offset tensors).  Shared by the forward and backward kernels."""
+    rl = tl.arange(0, BLOCK_B)
+    rb = tl.program_id(0) * BLOCK_B + rl
     bmask = rb < B
     if HAS_LENGTHS:
         L = tl.load(len_ptr + rb, mask=bmask, other=0)
     else:
         L = tl.where(bmask, T, 0)
-    return bmask, L, rb[:, None] * (4 * H), rb[:, None] * H
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
+    return row0, bmask, L, rl[:, None] * (4 * H), rl[:, None] * H
 
 
 @triton.jit

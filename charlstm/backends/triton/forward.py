@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, lstm_cell,
+from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier, lstm_cell,
                      run_schedule, tuned_kernels)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
@@ -61,7 +61,7 @@ def lstm_fwd_kernel(
         hs_ptr, hT_ptr, cT_ptr, cs_ptr, gates_ptr, hbuf_ptr,  # outputs and scratch
         sync_ptr, t_first, t_count, T, B, H,
         HAS_LENGTHS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-        GRID_SYNC: tl.constexpr, SYNC_SLOTS: tl.constexpr, XCACHE: tl.constexpr,
+        GRID_SYNC: tl.constexpr, XCACHE: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
         W_RESIDENT: tl.constexpr):
     """Run steps ``t_first .. t_first + t_count - 1`` of the forward recurrence.
@@ -84,9 +84,20 @@ def lstm_fwd_kernel(
     pid_h = tl.program_id(1)
     n_h = tl.num_programs(1)
     OUT_T = hs_ptr.dtype.element_ty
-    bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
-    BH = B * H
+    row0, bmask, L, row_g, row_h = batch_tile(len_ptr, T, B, H, HAS_LENGTHS, BLOCK_B)
     G = 4 * H
+    BH = tl.cast(B, tl.int64) * H    # the T (or parity) stride of [.., B, H], in 64 bits
+    BG = 4 * BH                      # ... of [.., B, 4H]
+    # every [.., B, ..] pointer moves to this program's batch tile (64-bit, see batch_tile)
+    xproj_ptr += row0 * G
+    gates_ptr += row0 * G
+    h0_ptr += row0 * H
+    c0_ptr += row0 * H
+    hs_ptr += row0 * H
+    hT_ptr += row0 * H
+    cT_ptr += row0 * H
+    cs_ptr += row0 * H
+    hbuf_ptr += row0 * H
     rj0 = tl.arange(0, BLOCK_H)
     rk0 = tl.arange(0, BLOCK_K)
     rc = tl.arange(0, 4 * BLOCK_H)   # dot column c = 4 * jj + gate
@@ -94,7 +105,7 @@ def lstm_fwd_kernel(
     c_jj = rc // 4
     if W_RESIDENT:                   # this program's only hidden tile, all of K, for all steps
         rjc = pid_h * BLOCK_H + c_jj
-        w_res = tl.load(w_ptr + (c_gate * H + rjc)[None, :] * H + rk0[:, None],
+        w_res = tl.load(w_ptr + tl.cast(c_gate * H + rjc, tl.int64)[None, :] * H + rk0[:, None],
                         mask=(rk0 < H)[:, None] & (rjc < H)[None, :], other=0.0)
         if DOT_F32:
             w_res = w_res.to(tl.float32)
@@ -114,7 +125,7 @@ def lstm_fwd_kernel(
             jmask = rj < H
             m2 = bmask[:, None] & jmask[None, :]
             rjc = j0 + c_jj
-            w_cols = w_ptr + (c_gate * H + rjc)[None, :] * H
+            w_cols = w_ptr + tl.cast(c_gate * H + rjc, tl.int64)[None, :] * H   # 4H^2 may exceed 2^31
             acc = tl.zeros([BLOCK_B, 4 * BLOCK_H], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
                 rk = k0 + rk0
@@ -134,12 +145,12 @@ def lstm_fwd_kernel(
                 if DOT_F32:
                     h = h.to(tl.float32)
                 acc = tl.dot(h, w, acc, input_precision=PRECISION)
-            # columns 4*jj + gate -> [BB, BH, 2, 2]: split the gate bit 0, then bit 1
+            # columns 4*jj + gate -> [BLOCK_B, BLOCK_H, 2, 2]: split the gate bit 0, then bit 1
             z_even, z_odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
             z_i, z_g = tl.split(z_even)
             z_f, z_o = tl.split(z_odd)
-            gofs = t64 * B * G + row_g + rj[None, :]        # gate i of [t, b, j] in [T, B, 4H]
-            x_t = xproj_ptr + gofs
+            gofs = row_g + rj[None, :]              # gate i of [t, b, j] in [T, B, 4H] at step t
+            x_t = xproj_ptr + t64 * BG + gofs
             z_i += tl.load(x_t, mask=m2, other=0.0).to(tl.float32)
             z_f += tl.load(x_t + H, mask=m2, other=0.0).to(tl.float32)
             z_g += tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
@@ -149,7 +160,7 @@ def lstm_fwd_kernel(
                       + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
             i, f, g, o, c_new, h_new = lstm_cell(z_i, z_f, z_g, z_o, c_prev)
             h_new = h_new.to(OUT_T)
-            g_t = gates_ptr + gofs
+            g_t = gates_ptr + t64 * BG + gofs
             tl.store(g_t, i, mask=m2)
             tl.store(g_t + H, f, mask=m2)
             tl.store(g_t + 2 * H, g, mask=m2)
@@ -165,7 +176,7 @@ def lstm_fwd_kernel(
             tl.store(hT_ptr + off, h_keep, mask=last_r & jmask[None, :])
             tl.store(cT_ptr + off, c_keep.to(OUT_T), mask=last_r & jmask[None, :])
         if GRID_SYNC:   # the next step reads h written by the other programs of this batch tile
-            grid_barrier(sync_ptr + pid_b * SYNC_SLOTS, pid_h, n_h, s + 1, SYNC_SLOTS)
+            grid_barrier(sync_ptr + pid_b * COUNTER_STRIDE, n_h, s + 1)
         else:           # ... or by other threads of this program (no-op when interpreting)
             tl.debug_barrier()
 
