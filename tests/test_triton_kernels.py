@@ -16,11 +16,15 @@ size (the weights are scaled to keep it contractive).  So ``atol = rtol = 2 * ep
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -157,7 +161,7 @@ def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, ca
     from charlstm.backends.triton import common
     monkeypatch.setattr(common, "_device_programs", lambda device: cap)
     configs = common.tune_configs("persistent", "forward")
-    kept = common._prune_resident(configs, {"B": batch, "H": hidden,
+    kept = common._prune_persistent(configs, {"B": batch, "H": hidden,
                                             "w_ptr": torch.empty(0, dtype=dtype)})
     ordinary = [c for c in configs if not c.kwargs["W_RESIDENT"]]
     assert kept[:len(ordinary)] == ordinary
@@ -168,21 +172,43 @@ def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, ca
     assert all(c.kwargs["BLOCK_H"] >= 16 for c in common.tune_configs("persistent", "backward"))
 
 
-@pytest.mark.parametrize("cap", [None, 2, 132, 1000])
-@pytest.mark.parametrize("hidden", [1, 33, 768, 1024, 4096])
-def test_step_flags_cover_every_persistent_grid(cap, hidden):
-    """Each batch tile's row of step flags has a slot for every program any configuration can
-    put on it (down to 4-wide hidden tiles), and the sync buffer has a row per batch tile."""
+@pytest.mark.parametrize("batch", [1, 16, 17, 40, 4096])
+def test_barrier_counters_cover_every_batch_tile(batch):
+    """The grid barrier's arrival counters: one per batch tile that any configuration (or fixed
+    launch, BLOCK_B >= MIN_BLOCK_B) can have, each on its own 128-byte line, int64, zeroed."""
     from charlstm.backends.triton import common
-    slots = common.sync_slots(cap, hidden)
-    for bh in (4, 8, 16, 32, 64):
-        for bb in (16, 32, 64):
-            nb, nh = common.persistent_grid(40, hidden, bb, bh, cap)
-            assert nh <= slots and nb <= triton.cdiv(40, 16)
+    counters = common.barrier_counters(batch, DEV)
+    stride = common.COUNTER_STRIDE.value
+    assert counters.dtype == torch.int64 and stride * 8 >= 128 and not counters.any()
     configs = common.tune_configs("persistent", "forward") + common.tune_configs("persistent",
                                                                                  "backward")
+    assert min(c.kwargs["BLOCK_B"] for c in configs) >= common.MIN_BLOCK_B
     assert min(c.kwargs["BLOCK_H"] for c in configs) >= common.MIN_BLOCK_H
-    assert min(c.kwargs["BLOCK_B"] for c in configs) >= 16
+    nb = triton.cdiv(batch, common.MIN_BLOCK_B)
+    assert (nb - 1) * stride < counters.numel() <= nb * stride
+
+
+@pytest.mark.parametrize("batch,cap,kept_block_b", [
+    (4096, 132, {32, 64}),      # 16-row tiles: 256 of them > 132 SMs, each with nh = 1
+    (2048, 132, {16, 32, 64}),  # every grid fits
+    (16384, 132, {16, 32, 64}),  # none fits: all nh = 1, nobody waits, all kept (ordinary launch)
+    (4096, None, {16, 32, 64})])
+def test_persistent_configs_pruned_to_coresident_grids(monkeypatch, batch, cap, kept_block_b):
+    """Where some configuration's persistent grid fits the device, the autotuner keeps only
+    those, so every grid it times and launches can go cooperatively; run_schedule launches
+    cooperatively exactly then."""
+    from charlstm.backends.triton import common
+    monkeypatch.setattr(common, "_device_programs", lambda device: cap)
+    for direction in ("forward", "backward"):
+        configs = common.tune_configs("persistent", direction)
+        kept = common._prune_persistent(configs, {"B": batch, "H": 768,
+                                                  "w_ptr": torch.empty(0, dtype=torch.float16)})
+        assert {c.kwargs["BLOCK_B"] for c in kept} == kept_block_b
+        grids = [common.persistent_grid(batch, 768, c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"], cap)
+                 for c in kept]
+        fits = cap is None or all(nb * nh <= cap for nb, nh in grids)
+        assert fits == common._grid_fits(batch, cap, configs)
+        assert fits or all(nh == 1 for _, nh in grids)   # a grid that may not fit never waits
 
 
 @pytest.mark.parametrize("batch,hidden,cap,want", [
@@ -194,6 +220,275 @@ def test_persistent_grid_keeps_every_waiting_program_resident(batch, hidden, cap
     nb, nh = persistent_grid(batch, hidden, 16, 16, cap)
     assert (nb, nh) == want
     assert nh == 1 or cap is None or nb * nh <= cap
+
+
+# ----------------------------------------------------------------------------- launches
+_REFUSAL = "Triton Error [CUDA]: too many blocks in cooperative launch"
+
+
+class _Kernel:
+    """Stands in for a ``@triton.jit`` kernel in :func:`run_schedule`: records every launch
+    (grid, ``t_first``, ``t_count``, cooperative or not, the device guard then entered) and,
+    like the driver when a grid cannot be resident at once, raises ``refuse`` for a
+    cooperative launch; ``real`` (an interpreted kernel) runs the launches it accepts."""
+
+    def __init__(self, refuse=None, real=None, guard=None):
+        self.refuse, self.real, self.guard, self.launches = refuse, real, guard, []
+        self.__name__ = getattr(real, "__name__", "lstm_fake_kernel")
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            coop = kw.pop("launch_cooperative_grid", False)
+            self.launches.append(dict(grid=grid(kw), t_first=args[-5], t_count=args[-4],
+                                      cooperative=coop, device=(self.guard or {}).get("in")))
+            if coop and self.refuse:
+                raise RuntimeError(self.refuse)
+            if self.real is not None:
+                self.real[grid](*args, **kw)
+        return launch
+
+
+def _run(kernel, launch, T=3, B=17, H=33, device=DEV):
+    from charlstm.backends.triton.common import run_schedule
+    return run_schedule(kernel, {}, launch, T=T, B=B, H=H, args=(), flags={}, first=0, count=T,
+                        direction=1, device=device)
+
+
+@pytest.fixture
+def gpu_launch_rules(monkeypatch):
+    """run_schedule deciding as on a GPU (the kernels themselves stay interpreted), with no
+    cooperative refusal remembered from another test."""
+    from charlstm.backends.triton import common
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(common, "_REFUSED", set())
+    return common
+
+
+def test_waiting_persistent_grid_is_launched_cooperatively(gpu_launch_rules):
+    """A persistent grid whose programs wait for each other (nh > 1) goes out as one
+    cooperative launch; one whose programs never wait (nh == 1: it may exceed the SMs) and the
+    other schedules go out as ordinary launches."""
+    k = _Kernel()
+    assert _run(k, Launch("persistent", 16, 16, 16, 1, max_programs=4)) == "persistent"
+    assert k.launches == [dict(grid=(2, 2), t_first=0, t_count=3, cooperative=True, device=None)]
+    for launch in (Launch("persistent", 16, 16, 16, 1, max_programs=2),
+                   Launch("sequence", 16, 16, 16, 1), Launch("step", 16, 16, 16, 1)):
+        k = _Kernel()
+        assert _run(k, launch) == launch.schedule
+        assert k.launches and not any(rec["cooperative"] for rec in k.launches)
+
+
+def test_refused_cooperative_launch_falls_back_to_step_schedule(gpu_launch_rules):
+    """When the driver refuses the cooperative grid, run_schedule warns once and runs the
+    "step" schedule (one launch per step over every hidden tile) instead of a grid that could
+    hang; the refusal is remembered (no second try, no second warning).  Other launch errors
+    are not swallowed."""
+    k = _Kernel(refuse=_REFUSAL)
+    launch = Launch("persistent", 16, 16, 16, 1, max_programs=4)
+    with pytest.warns(RuntimeWarning, match="refused the cooperative launch.*'step' schedule"):
+        assert _run(k, launch) == "step"
+    step = [dict(grid=(2, 3), t_first=t, t_count=1, cooperative=False, device=None)
+            for t in range(3)]
+    assert k.launches[0]["cooperative"] and k.launches[1:] == step
+    k.launches.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _run(k, launch) == "step"
+    assert k.launches == step
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        _run(_Kernel(refuse="Triton Error [CUDA]: an illegal memory access was encountered"),
+             Launch("persistent", 16, 16, 16, 1, max_programs=6))
+
+
+def test_refused_cooperative_launch_still_computes_the_core(gpu_launch_rules, monkeypatch):
+    """The fallback end to end: both kernels (interpreted) refuse their cooperative persistent
+    grid (nh = 2), run the "step" schedule instead, and match the reference."""
+    kernels = {}
+    for mod, name in ((tfwd, "lstm_fwd_kernel"), (tbwd, "lstm_bwd_kernel")):
+        kernels[name] = _Kernel(refuse=_REFUSAL, real=getattr(mod, name))
+        monkeypatch.setattr(mod, name, kernels[name])
+    with pytest.warns(RuntimeWarning, match="refused the cooperative launch"):
+        check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2],
+                   launch=Launch("persistent", 16, 16, 16, 1, max_programs=4))
+    for k in kernels.values():
+        assert k.launches[0]["cooperative"] and k.launches[0]["grid"] == (2, 2)
+        assert all(rec["grid"] == (2, 3) and rec["t_count"] == 1 for rec in k.launches[1:])
+
+
+def test_launches_run_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current device's current stream: run_schedule enters
+    ``torch.cuda.device(tensor device)`` around every launch (tensors on cuda:1 while the
+    current device is 0 must not launch on device 0), and nothing for CPU tensors (a stand-in
+    guard records what was entered; no GPU here)."""
+    from charlstm.backends.triton import common
+    state = {"in": None}
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            state["in"] = torch.device(self.device)
+
+        def __exit__(self, *exc):
+            state["in"] = None
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    monkeypatch.setattr(common, "barrier_counters",
+                        lambda batch, device: torch.zeros(16, dtype=torch.int64))
+    cuda1 = torch.device("cuda", 1)
+    for launch in (Launch("step", 16, 16, 16, 1), Launch("persistent", 16, 16, 16, 1)):
+        k = _Kernel(guard=state)
+        _run(k, launch, device=cuda1)
+        assert k.launches and all(rec["device"] == cuda1 for rec in k.launches)
+        assert state["in"] is None
+    k = _Kernel(guard=state)
+    _run(k, Launch("sequence", 16, 16, 16, 1), device=torch.device("cpu"))
+    assert k.launches and all(rec["device"] is None for rec in k.launches)
+
+
+def test_barrier_counts_every_arrival_under_the_interpreter(monkeypatch):
+    """With one program per batch tile (nh = 1) the persistent schedule runs the real barrier
+    code under the interpreter: each batch tile's counter ends at the number of steps (one
+    arrival per step, never reset), on its own line; nothing else is touched."""
+    from charlstm.backends.triton import common
+    made = []
+
+    def counters(batch, device):
+        made.append(common.barrier_counters.__wrapped__(batch, device))
+        return made[-1]
+
+    counters.__wrapped__ = common.barrier_counters
+    monkeypatch.setattr(common, "barrier_counters", counters)
+    check_core(3, 17, 20, torch.float32, launch=Launch("persistent", 16, 16, 16, 1,
+                                                       max_programs=2))
+    stride = common.COUNTER_STRIDE.value
+    for got, steps in zip(made, (3, 4)):   # forward: T steps; backward: T + the closing pass
+        want = torch.zeros_like(got)
+        want[0] = want[stride] = steps
+        assert torch.equal(got, want), got
+
+
+def test_autotuned_persistent_kernels_zero_counters_and_prune(monkeypatch):
+    """The persistent autotuners (built here as on a GPU, around the interpreted kernels) zero
+    the arrival counters before every timing run and prune per shape; the others do neither."""
+    from charlstm.backends.triton import common
+    monkeypatch.setattr(common, "INTERPRET", False)
+    for kernel, direction in ((tfwd.lstm_fwd_kernel, "forward"), (tbwd.lstm_bwd_kernel, "backward")):
+        tuned = common.tuned_kernels(kernel, direction)
+        assert set(tuned) == set(common.SCHEDULES)
+        sync = torch.arange(32, dtype=torch.int64)
+        tuned["persistent"].pre_hook({"sync_ptr": sync})
+        assert not sync.any()
+        assert tuned["persistent"].early_config_prune is common._prune_persistent
+        assert tuned["step"].reset_to_zero == [] and tuned["step"].early_config_prune is None
+
+
+# ----------------------------------------------------------------------------- 64-bit offsets
+def _run_on_fake_memory(monkeypatch, kernel, shapes, scalars, consts, program, programs):
+    """Run one program of ``kernel`` under the interpreter on tensors too large to exist.
+
+    ``shapes`` maps each pointer argument to its (full) shape; each gets a one-element
+    float32 (int32 for ``len_ptr``, int64 for ``sync_ptr``) stand-in whose address is replaced
+    by a fake base, 2^44 apart.  Loads return zeros and stores do nothing, but first every
+    masked-in address must fall inside its own argument's full extent; and every int32
+    add, subtract and multiply is redone in int64 and must fit.  ``program``/``programs``:
+    the ``(pid_b, pid_h)`` the single launched program reports, and the grid it believes in.
+    """
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    builder = ti.interpreter_builder
+    fake_base, extent, args = {}, {}, {}
+    for name, shape in shapes.items():
+        dtype = {"len_ptr": torch.int32, "sync_ptr": torch.int64}.get(name, torch.float32)
+        t = torch.zeros(1, dtype=dtype)
+        base = (len(args) + 1) << 44
+        fake_base[t.data_ptr()] = base
+        extent[base] = (name, math.prod(shape) * t.element_size())
+        args[name] = t
+    real_cvt = ti._implicit_cvt
+
+    def implicit_cvt(arg):
+        out = real_cvt(arg)
+        if hasattr(arg, "data_ptr") and arg.data_ptr() in fake_base:
+            out.handle.data[:] = fake_base[arg.data_ptr()]
+        return out
+
+    def check(ptrs, mask, what):
+        addr = np.broadcast_to(ptrs.data, np.broadcast_shapes(ptrs.data.shape, mask.data.shape))
+        addr = addr[np.broadcast_to(mask.data, addr.shape)].astype(np.uint64)
+        if addr.size == 0:
+            return
+        lo, hi = int(addr.min()), int(addr.max())
+        base = lo >> 44 << 44
+        name, nbytes = extent.get(base, ("no argument", 0))
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        assert hi + size <= base + nbytes, \
+            f"{what} outside {name}: byte offsets {lo - base}..{hi - base} of {nbytes}"
+
+    def load(ptrs, mask, other, *_):
+        check(ptrs, mask, "load")
+        ty = ptrs.get_element_ty()
+        return ti.TensorHandle(np.zeros(ptrs.data.shape, dtype=ti._get_np_dtype(ty)), ty)
+
+    def store(ptrs, value, mask, *_):
+        check(ptrs, mask, "store")
+
+    def int32_checked(name, op):
+        real = getattr(builder, name)
+
+        def checked(lhs, rhs):
+            if lhs.dtype.scalar == tl.int32 and rhs.dtype.scalar == tl.int32:
+                wide = op(lhs.data.astype(np.int64), rhs.data.astype(np.int64))
+                assert ((wide >= -2**31) & (wide < 2**31)).all(), f"int32 {name} overflows"
+            return real(lhs, rhs)
+        monkeypatch.setattr(builder, name, checked)
+
+    for name, op in (("create_add", np.add), ("create_sub", np.subtract),
+                     ("create_mul", np.multiply)):
+        int32_checked(name, op)
+    monkeypatch.setattr(ti, "_implicit_cvt", implicit_cvt)
+    monkeypatch.setattr(builder, "create_masked_load", load)
+    monkeypatch.setattr(builder, "create_masked_store", store)
+    monkeypatch.setattr(builder, "create_get_program_id", lambda axis: ti.TensorHandle(
+        np.array([program[axis] if axis < 2 else 0], dtype=np.int32), tl.int32))
+    monkeypatch.setattr(builder, "create_get_num_programs", lambda axis: ti.TensorHandle(
+        np.array([programs[axis] if axis < 2 else 1], dtype=np.int32), tl.int32))
+    kernel[(1, 1)](**args, **scalars, **consts)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="runs the kernels' address arithmetic in the interpreter")
+@pytest.mark.parametrize("B,H,block_h,block_k", [
+    (2 ** 25, 64, 64, 64),     # B * H = 2^31: the batch and time offsets of every [.., B, ..]
+    (16, 23232, 16, 8192)],    # 4 H^2 > 2^31: the W_hh offsets
+    ids=["BH=2^31", "4HH>2^31"])
+def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, B, H, block_h, block_k):
+    """Offsets that can exceed 2^31 are 64-bit: both kernels' last program (last batch tile,
+    last hidden tile), every step of T = 2 (and the backward's closing pass), run their real
+    address arithmetic on shapes no CPU test could allocate; every access lands inside its
+    tensor and no 32-bit integer operation overflows (see _run_on_fake_memory)."""
+    T, G = 2, 4 * H
+    program = (triton.cdiv(B, 16) - 1, triton.cdiv(H, block_h) - 1)
+    programs = (program[0] + 1, program[1] + 1)
+    sync = [triton.cdiv(B, 16) * 16]
+    consts = dict(HAS_LENGTHS=True, DOT_F32=False, PRECISION="ieee", GRID_SYNC=False,
+                  XCACHE="", BLOCK_B=16, BLOCK_H=block_h, BLOCK_K=block_k)
+    fwd = dict(xproj_ptr=[T, B, G], w_ptr=[G, H], h0_ptr=[B, H], c0_ptr=[B, H], len_ptr=[B],
+               hs_ptr=[T, B, H], hT_ptr=[B, H], cT_ptr=[B, H], cs_ptr=[T, B, H],
+               gates_ptr=[T, B, G], hbuf_ptr=[2, B, H], sync_ptr=sync)
+    for resident in (False, True):
+        _run_on_fake_memory(monkeypatch, tfwd.lstm_fwd_kernel, fwd,
+                            dict(t_first=0, t_count=T, T=T, B=B, H=H), dict(consts, W_RESIDENT=resident),
+                            program, programs)
+    bwd = dict(dhs_ptr=[T, B, H], dhT_ptr=[B, H], dcT_ptr=[B, H], w_ptr=[G, H], c0_ptr=[B, H],
+               cs_ptr=[T, B, H], gates_ptr=[T, B, G], len_ptr=[B], dgates_ptr=[T, B, G],
+               dh0_ptr=[B, H], dc0_ptr=[B, H], dhbuf_ptr=[2, B, H], dcbuf_ptr=[2, B, H],
+               sync_ptr=sync)
+    _run_on_fake_memory(monkeypatch, tbwd.lstm_bwd_kernel, bwd,
+                        dict(t_first=T - 1, t_count=T + 1, T=T, B=B, H=H), consts,
+                        program, programs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -364,7 +659,7 @@ def test_torch_compile_fullgraph():
 
 # ----------------------------------------------------------------------------- GPU compile
 _COMPILE_SCRIPT = textwrap.dedent("""
-    import os
+    import json, os, sys
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -372,14 +667,18 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     from charlstm.backends.triton.forward import lstm_fwd_kernel
     from charlstm.backends.triton.backward import lstm_bwd_kernel
 
+    out_dir = sys.argv[1]
+
     def sig(kernel, dt, fp32_ptrs):
         out = {}
         for prm in kernel.params:
             n = prm.name
             if prm.is_constexpr:
                 out[n] = "constexpr"
-            elif n in ("len_ptr", "sync_ptr"):
+            elif n == "len_ptr":
                 out[n] = "*i32"
+            elif n == "sync_ptr":
+                out[n] = "*i64"
             elif n.endswith("_ptr"):
                 out[n] = "*fp32" if n in fp32_ptrs else "*" + dt
             else:
@@ -392,9 +691,9 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                               ("bf16", True, False), ("fp32", False, True),
                               ("fp16", True, True), ("bf16", True, True)):
         prec = "ieee" if dt == "fp32" else "tf32"
-        blocks.update(GRID_SYNC=sync, SYNC_SLOTS=64, XCACHE=".cg" if sync else "")
+        blocks.update(GRID_SYNC=sync, XCACHE=".cg" if sync else "")
         # the persistent variants: an 8-wide tile with W_hh register-resident (H <= 256)
-        fblocks = dict(blocks, BLOCK_H=8, BLOCK_K=256, W_RESIDENT=True) if sync else \
+        fblocks = dict(blocks, BLOCK_H=8, BLOCK_K=256, W_RESIDENT=True) if sync else \\
             dict(blocks, W_RESIDENT=False)
         fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
                         constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
@@ -403,10 +702,18 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                         "dhbuf_ptr", "dcbuf_ptr"}),
                         constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
                                         **blocks))
-        for src in (fwd, bwd):
-            k = triton.compile(src, target=target, options=dict(num_warps=4, num_stages=2))
+        for name, src in (("fwd", fwd), ("bwd", bwd)):
+            # run_schedule launches the barrier grids cooperatively: compile them that way
+            k = triton.compile(src, target=target, options=dict(
+                num_warps=4, num_stages=2, launch_cooperative_grid=sync))
             assert len(k.asm["cubin"]) > 0
-            print(dt, "ok")
+            stem = os.path.join(out_dir, f"{name}-{dt}-{'sync' if sync else 'plain'}")
+            with open(stem + ".ptx", "w") as f:
+                f.write(k.asm["ptx"])
+            with open(stem + ".json", "w") as f:
+                json.dump({"launch_cooperative_grid":
+                           getattr(k.metadata, "launch_cooperative_grid", None)}, f)
+            print(name, dt, "ok")
 """)
 
 
@@ -419,14 +726,75 @@ def _has_nvidia_compiler() -> bool:
         shutil.which("ptxas") is not None
 
 
-@pytest.mark.skipif(not _has_nvidia_compiler(), reason="Triton's NVIDIA backend (ptxas) is absent")
-def test_kernels_compile_for_sm90():
-    """Both kernels compile to sm_90 cubins for every dtype, with and without ``lengths``, with
-    and without the persistent schedule's grid barrier (ahead of time: no GPU needed)."""
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=_subprocess_env(),
+@pytest.fixture(scope="module")
+def sm90_build(tmp_path_factory):
+    """Both kernels compiled ahead of time for sm_90 (no GPU needed) in every dtype, with and
+    without ``lengths``, with and without the persistent schedule's grid barrier: a folder of
+    ``{fwd,bwd}-{dtype}-{sync,plain}.ptx`` and ``.json`` (compiled-kernel metadata)."""
+    if not _has_nvidia_compiler():
+        pytest.skip("Triton's NVIDIA backend (ptxas) is absent")
+    out = tmp_path_factory.mktemp("sm90")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(out)], env=_subprocess_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count("ok") == 12
+    return out
+
+
+def test_kernels_compile_for_sm90(sm90_build):
+    """Every variant compiled to a cubin (the fixture asserts it) and left its PTX."""
+    assert len(list(sm90_build.glob("*.ptx"))) == 12
+
+
+def _loops(ptx: str) -> list:
+    """The loops of a PTX function as lists of instruction lines: from a label to the last
+    branch back to it."""
+    lines = [ln.split("//")[0].strip() for ln in ptx.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(".loc")]
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.fullmatch(r"\$L__BB\w+:", ln)}
+    out = []
+    for i, ln in enumerate(lines):
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\w+);", ln)
+        if m and labels.get(m.group(1), i) < i:
+            out.append(lines[labels[m.group(1)]:i + 1])
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, dtype):
+    """The grid barrier as compiled for sm_90: per step one arrival (an acq_rel atomic add on
+    the 64-bit counter, from one thread); a poll loop that sleeps and does exactly one acquire
+    load and no atomic per round; no other atomics and no acquire anywhere else."""
+    ptx = (sm90_build / f"{kernel}-{dtype}-sync.ptx").read_text()
+    atomics = re.findall(r"\b(?:atom|red)\.[\w.]+", ptx)
+    assert atomics == ["atom.global.gpu.acq_rel.add.u64"], atomics
+    acquires = re.findall(r"\bld\.[\w.]*acquire[\w.]*", ptx)
+    assert len(acquires) == 1 and acquires[0].endswith(".b64"), acquires
+    assert ptx.count("nanosleep") == 1
+    # the innermost loop around the sleep (the step loop holds it too)
+    poll = min((lp for lp in _loops(ptx) if any("nanosleep" in ln for ln in lp)), key=len)
+    assert sum("acquire" in ln for ln in poll) == 1, poll
+    assert not any(re.search(r"\b(?:atom|red)\.", ln) for ln in poll), poll
+    # the poll sits inside the step loop, not around it: it holds no dot or global store
+    assert not any(re.search(r"\bmma\b|wgmma|st\.global", ln) for ln in poll), poll
+    # one thread polls: the load is predicated
+    assert all(ln.startswith("@") for ln in poll if "acquire" in ln), poll
+    plain = (sm90_build / f"{kernel}-{dtype}-plain.ptx").read_text()
+    assert not re.search(r"\b(?:atom|red)\.|acquire|nanosleep", plain)
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+def test_barrier_kernels_carry_the_cooperative_launch_flag(sm90_build, kernel):
+    """Compiled with ``launch_cooperative_grid=True`` (what :func:`run_schedule` passes for a
+    barrier grid), the kernel's metadata carries it -- Triton's launcher reads it there and
+    adds ``CU_LAUNCH_ATTRIBUTE_COOPERATIVE`` (an option this Triton did not know would be
+    dropped silently, and the flag would read None)."""
+    for dtype in ("fp32", "fp16", "bf16"):
+        meta = json.loads((sm90_build / f"{kernel}-{dtype}-sync.json").read_text())
+        assert meta["launch_cooperative_grid"] is True
+        meta = json.loads((sm90_build / f"{kernel}-{dtype}-plain.json").read_text())
+        assert meta["launch_cooperative_grid"] is False
 
 
 # ----------------------------------------------------------------------------- GPU only
