@@ -45,8 +45,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier, run_schedule,
-                     tanh, tuned_kernels)
+from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier,
+                     run_schedule, tanh, tuned_kernels)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
 
@@ -67,7 +67,7 @@ def lstm_bwd_kernel(
     is also step t's ``dz`` input.  Scratch (float32): ``dhbuf[p]``/``dcbuf[p]`` the carried
     ``dh``/``dc`` entering step ``t`` stored by step ``t`` (dh) / ``t+1`` (dc).
     ``DOT_F32``/``PRECISION``: as the forward's (:func:`.common.dot_mode`).  ``sync``,
-    ``GRID_SYNC``, ``SYNC_SLOTS``, ``XCACHE``: the persistent schedule's step flags and barrier,
+    ``GRID_SYNC``, ``XCACHE``: the persistent schedule's arrival counters and barrier,
     as in :func:`.forward.lstm_fwd_kernel` (``dgates`` is what crosses programs).
     """
     pid_b = tl.program_id(0)

@@ -7,7 +7,8 @@
 * :class:`Launch` and :func:`choose_launch` -- the schedule (``"sequence"``, ``"step"`` or
   ``"persistent"``, see :class:`Launch`) and the block sizes.
 * :func:`run_schedule` -- launches a forward or backward kernel under a :class:`Launch`
-  (grid, per-step loop, step flags), the one place both kernels' launch logic lives.
+  (grid, per-step loop, arrival counters, cooperative launch with its fallback, device
+  guard), the one place both kernels' launch logic lives.
 * :func:`grid_barrier` -- the ``"persistent"`` schedule's per-step barrier among the programs
   of one batch tile (``@triton.jit``, GPU only in earnest; see its docstring).
 * :func:`batch_tile` -- ``@triton.jit``: a program's batch rows, lengths and row offsets.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from typing import NamedTuple, Optional
 
@@ -24,8 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "batch_tile", "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
-           "run_schedule", "tanh", "tune_configs"]
+__all__ = ["COUNTER_STRIDE", "INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "barrier_counters",
+           "batch_tile", "choose_launch", "dot_mode", "grid_barrier", "last_schedules", "lstm_cell",
+           "persistent_grid", "run_schedule", "tanh", "tune_configs"]
 
 
 def _interpreting() -> bool:
@@ -82,9 +85,12 @@ class Launch(NamedTuple):
       programs per batch tile, capped so that all ``nb * nh`` programs are resident at once
       (``nb * nh <= max_programs``, default: the GPU's SM count); one launch, each program owns
       every ``nh``-th hidden tile of its batch tile, and the ``nh`` programs of a batch tile
-      meet at :func:`grid_barrier` after every step.  The GPU default.  Under the interpreter
-      (programs run one after another, a barrier among several would deadlock) the same grid
-      runs one launch per step when ``nh > 1``; with ``nh == 1`` the barrier code itself runs.
+      meet at :func:`grid_barrier` after every step.  Where they wait for each other
+      (``nh > 1``) the grid is launched cooperatively, so the driver guarantees them resident
+      together or refuses, and a refusal runs ``"step"`` instead (:func:`run_schedule`).  The
+      GPU default.  Under the interpreter (programs run one after another, a barrier among
+      several would deadlock) the same grid runs one launch per step when ``nh > 1``; with
+      ``nh == 1`` the barrier code itself runs.
 
     ``block_*``/``num_warps``: ``None`` lets the GPU autotuner pick.  ``max_programs``: cap on
     the persistent grid (tests use it to force ``nh``); ignored by the other schedules.
@@ -289,6 +295,22 @@ def _is_refusal(err: RuntimeError) -> bool:
     return "cooperative launch" in text or "operation not supported" in text
 
 
+_last = threading.local()
+
+
+def _ran(direction: int, schedule: str) -> str:
+    _last.schedules = dict(last_schedules(), **{"forward" if direction > 0 else "backward":
+                                                schedule})
+    return schedule
+
+
+def last_schedules() -> dict:
+    """``{"forward": schedule, "backward": schedule}``: what :func:`run_schedule` last ran in
+    this thread for each direction -- ``"step"`` where a persistent launch's cooperative grid
+    was refused (empty before the first launch)."""
+    return dict(getattr(_last, "schedules", {}))
+
+
 def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int, args: tuple,
                  flags: dict, first: int, count: int, direction: int, device: torch.device,
                  fixed_extra: Optional[dict] = None) -> str:
@@ -352,15 +374,15 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
         if per_step:
             for s in range(count):
                 kern[grid](*args, sync, first + direction * s, 1, T, B, H, **consts)
-            return sched
+            return _ran(direction, sched)
         if not cooperative:
             kern[grid](*args, sync, first, count, T, B, H, **consts)
-            return sched
+            return _ran(direction, sched)
         if refusal_key not in _REFUSED:
             try:
                 kern[grid](*args, sync, first, count, T, B, H, **consts,
                            launch_cooperative_grid=True)
-                return sched
+                return _ran(direction, sched)
             except RuntimeError as err:
                 if not _is_refusal(err):
                     raise

@@ -6,9 +6,10 @@ One kernel, :func:`lstm_fwd_kernel`, serves the three schedules of :mod:`.common
 
 * ``"persistent"`` (GPU default; grid ``(nb, nh)``, one launch): program ``(p, q)`` owns batch
   tile ``p`` and every ``nh``-th hidden tile from ``q``, runs every step, and after each step
-  meets the other ``nh - 1`` programs of its batch tile at :func:`.common.grid_barrier` (step
-  flags, release/acquire at GPU scope); ``h`` crosses programs through ``hbuf``, read with
-  ``.cg`` loads.  Under the interpreter it runs one launch per step when ``nh > 1``.
+  meets the other ``nh - 1`` programs of its batch tile at :func:`.common.grid_barrier` (an
+  arrival counter, release/acquire at GPU scope; the grid is launched cooperatively); ``h``
+  crosses programs through ``hbuf``.  Under the interpreter it runs one launch per step when
+  ``nh > 1``.
 * ``"sequence"`` (grid ``(ceil(B/BLOCK_B), 1)``, one launch): program ``p`` owns batch rows
   ``[p*BLOCK_B, (p+1)*BLOCK_B)`` and *all* hidden units, and runs every time step itself, so
   no program ever waits for another (this is why it also runs under the interpreter, which
@@ -31,7 +32,8 @@ program; chosen by the autotuner where it fits) the program's ``Wcat`` slice is 
 stays in registers for all steps; otherwise nothing stays on chip across steps (``W_hh`` tiles
 are re-read every step, from L2 once warm).  ``h`` is exchanged through a double-buffered scratch
 ``hbuf [2, B, H]`` (input dtype, step parity), ``c_prev`` is read back from ``cs[t-1]``;
-the persistent schedule adds its step flags, ``[ceil(B/16), SYNC_SLOTS]`` int32.
+the persistent schedule adds one int64 arrival counter per batch tile (``COUNTER_STRIDE``
+apart).  Offsets that scale with ``B * H`` or ``H^2`` are 64-bit (see :func:`.common.batch_tile`).
 Written per step: ``hs[t]`` (dtype D), ``cs[t]`` (float32), ``gates[t]`` (float32), ``hbuf``;
 ``hT``/``cT`` at the last step.  Saved for backward (by the contract): ``cs`` and ``gates``, i.e.
 4 + 16 = 20 bytes per element of T x B x H (plus ``hs``, 2 or 4 bytes, which the layer keeps).
@@ -49,8 +51,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier, lstm_cell,
-                     run_schedule, tuned_kernels)
+from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier,
+                     lstm_cell, run_schedule, tuned_kernels)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
 
@@ -69,9 +71,12 @@ def lstm_fwd_kernel(
     Pointers are to contiguous tensors: ``xproj [T,B,4H]``, ``w [4H,H]``, ``h0, c0 [B,H]``
     (dtype D), ``len [B]`` int32 (ignored unless ``HAS_LENGTHS``), ``hs [T,B,H]`` D,
     ``hT, cT [B,H]`` D, ``cs [T,B,H]`` f32, ``gates [T,B,4H]`` f32, ``hbuf [2,B,H]`` D scratch
-    (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).  ``sync [nb, SYNC_SLOTS]``
-    int32 zeros: the step flags of :func:`.common.grid_barrier` when ``GRID_SYNC`` (the
-    persistent schedule), which also loads ``hbuf`` with ``XCACHE = ".cg"``.
+    (``hbuf[t % 2]`` holds ``h[t-1]`` for t >= 1; step 0 reads ``h0``).  ``sync`` int64 zeros:
+    the arrival counters of :func:`.common.grid_barrier` (batch tile ``p``'s at
+    ``p * COUNTER_STRIDE``) when ``GRID_SYNC`` (the persistent schedule), which also loads
+    ``hbuf`` with ``XCACHE = ".cg"`` -- a cache hint only (L2, not L1, where the load is not
+    pipelined into ``cp.async``, which ignores it); what makes other programs' ``h`` visible
+    is the barrier's release/acquire (see there).
 
     The matmul is one ``tl.dot`` per K chunk on a gate-interleaved ``[BLOCK_K, 4 * BLOCK_H]``
     slice of ``W_hh^T`` (column ``4 * jj + gate`` = row ``gate * H + j0 + jj`` of ``W_hh``), so
@@ -125,7 +130,8 @@ def lstm_fwd_kernel(
             jmask = rj < H
             m2 = bmask[:, None] & jmask[None, :]
             rjc = j0 + c_jj
-            w_cols = w_ptr + tl.cast(c_gate * H + rjc, tl.int64)[None, :] * H   # 4H^2 may exceed 2^31
+            # row offsets of W_hh in 64 bits: 4H * H may exceed 2^31
+            w_cols = w_ptr + tl.cast(c_gate * H + rjc, tl.int64)[None, :] * H
             acc = tl.zeros([BLOCK_B, 4 * BLOCK_H], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
                 rk = k0 + rk0
