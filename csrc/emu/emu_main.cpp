@@ -1,17 +1,24 @@
 // Host emulator for the charlstm kernels (see emu_shim.h): runs the real device code of
-// csrc/lstm_device.cuh -- the persistent bodies with all blocks concurrently (grid barrier
-// included), or the stepwise bodies one step at a time -- on random inputs, and compares every
-// output with a straightforward double-precision implementation of the contract
+// csrc/*.cuh -- the persistent bodies with all blocks concurrently (grid barrier included), or
+// the stepwise bodies one step at a time -- on random inputs, and compares every output with a
+// straightforward double-precision implementation of the contract
 // (charlstm/backends/contract.py, as charlstm/backends/reference.py computes it: h rounded to
-// the input dtype each step, c in float, inactive rows keep state and write zeros).
+// the input dtype each step, c in float, inactive rows keep state and write zeros).  The launch
+// geometry comes from the launchers' own planning code (csrc/launch_plan.h) fed with emulated
+// device limits.
 //
-// Usage: emu DTYPE T B H PACKED PATH [SMS SMEM | UNITS ROWS STAGE_ROWS]
-//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the WMMA
-//   forward and backward with SMS emulated SMs).
-//   persistent: SMS (emulated SM count) and SMEM (shared memory bytes per block): the launch
-//               plan follows host_common.cu (units = ceil(H/SMS), bb rows per staged chunk).
-//   stepwise:   UNITS per block, ROWS per block, STAGE_ROWS staged per chunk (0: none).
-// Prints one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad usage.
+// Usage:
+//   emu DTYPE T B H PACKED PATH A1 A2 A3
+//     DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the
+//     WMMA forward and backward).
+//     persistent, persistent_tc: A1 emulated SMs, A2 shared memory bytes per block (A3 unused):
+//                 plan_persistent_layout decides units per block and staged rows.
+//     stepwise:   A1 units and A2 rows per block, A3 shared memory bytes for staging:
+//                 plan_stepwise decides the staged rows.
+//   emu paths PATH CAPTURING HALF B
+//     prints the paths choose_paths tries for a request, in order, or why it refuses.
+// Prints the plan and one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad
+// usage or a plan that does not fit, 3 on a broken WMMA rule (emu_shim.h).
 // Test-only (tests/test_cuda_backend.py compiles and runs it); not part of the extension.
 #include "emu_shim.h"
 
@@ -20,10 +27,15 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <new>
 #include <random>
 #include <string>
+#include <type_traits>
 
-#include "../lstm_device.cuh"
+#include "../fma_backward.cuh"
+#include "../fma_forward.cuh"
+#include "../launch_plan.h"
+#include "../tc_persistent.cuh"
 
 using namespace charlstm;
 
@@ -38,10 +50,17 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
             const std::function<void(int, unsigned char*)>& body) {
   const int nblocks = (int)(grid.x * grid.y);
   std::vector<std::unique_ptr<emu::Block>> blocks;
-  std::vector<std::vector<double>> smem;
+  // Dynamic shared memory per block: 128-byte aligned like the kernels' declaration, filled
+  // with 0xFF bytes (NaN in every float type), so a read of anything never written shows.
+  struct Free {
+    void operator()(unsigned char* q) const { ::operator delete[](q, std::align_val_t(128)); }
+  };
+  std::vector<std::unique_ptr<unsigned char[], Free>> smem;
   for (int b = 0; b < nblocks; ++b) {
     blocks.emplace_back(new emu::Block(kThreads));
-    smem.emplace_back(smem_bytes / sizeof(double) + 2, std::numeric_limits<double>::quiet_NaN());
+    auto* q = static_cast<unsigned char*>(::operator new[](smem_bytes + 16, std::align_val_t(128)));
+    std::memset(q, 0xFF, smem_bytes + 16);
+    smem.emplace_back(q);
   }
   auto start_block = [&](int b, int i, std::vector<std::thread>& threads) {
     for (int tid = 0; tid < kThreads; ++tid) {
@@ -51,7 +70,7 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
         blockDim = dim3(kThreads);
         gridDim = grid;
         emu::block = blocks[b].get();
-        body(i, reinterpret_cast<unsigned char*>(smem[b].data()));
+        body(i, smem[b].get());
       });
     }
   };
@@ -227,53 +246,59 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
                   gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
                   dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
 
-  if (tc) {  // tensor cores (WMMA) in both directions
-    const int sms = a1;
-    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
-    const TcLayout L = tc_layout(H, units, sizeof(T)), LB = tc_bwd_layout(H, units, sizeof(T));
-    std::printf("persistent_tc fwd: %d blocks x %d units, mpad %d kpad %d nsplit %d\n", blocks,
-                units, L.mpad, L.kpad, L.nsplit);
-    counter = 0;
-    launch(dim3(blocks), L.total(), 1,
-           [&](int, unsigned char* sm) { fwd_persistent_tc_body<T>(fp, units, sm); });
-    std::printf("persistent_tc bwd: mpad %d kpad %d nsplit %d\n", LB.mpad, LB.kpad, LB.nsplit);
-    counter = 0;
-    launch(dim3(blocks), LB.total(), 1,
-           [&](int, unsigned char* sm) { bwd_persistent_tc_body<T>(bp, units, sm); });
-  } else if (persistent) {
-    const int sms = a1;
-    const size_t smem_budget = (size_t)a2;
-    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
+  // The two directions' plans and bodies: the same calls as lstm_forward.cu/lstm_backward.cu.
+  const size_t rowbytes[2] = {H * sizeof(T), G * sizeof(float)};  // a staged h / dz row
+  if (persistent) {
+    const DeviceLimits dev{0, a1, a2, true};
+    const TcKind kinds[2] = {tc ? kTcForward : kTcNone, tc ? kTcBackward : kTcNone};
     for (int dir = 0; dir < 2; ++dir) {
-      const size_t rowbytes = dir == 0 ? H * sizeof(T) : G * sizeof(float);
-      const size_t wbytes = ((size_t)4 * units * H * sizeof(T) + 15) & ~(size_t)15;
-      if (wbytes + rowbytes > smem_budget) {
-        std::printf("persistent plan does not fit in %zu bytes\n", smem_budget);
+      PersistentPlan pl;
+      plan_persistent_layout(dev, Tn, B, H, sizeof(T), rowbytes[dir], kinds[dir], &pl);
+      if (!pl.ok) {
+        std::printf("persistent plan does not fit: %s\n", pl.why);
         return 2;
       }
-      size_t bb = std::min<size_t>({(smem_budget - wbytes) / rowbytes, (size_t)B, 64});
-      std::printf("persistent %s: %d blocks x %d units, bb %zu\n", dir ? "bwd" : "fwd", blocks,
-                  units, bb);
+      const PersistentGeometry g = pl.geom;
+      std::printf("%s %s: %d blocks x %d units, bb %d, smem %zu", tc ? "persistent_tc" : "persistent",
+                  dir ? "bwd" : "fwd", pl.blocks, g.units, g.bb, pl.smem);
+      if (tc) {
+        const TcLayout L = dir ? tc_bwd_layout(H, g.units, sizeof(T)) : tc_layout(H, g.units, sizeof(T));
+        std::printf(", mpad %d kpad %d ld %d nsplit %d", L.mpad, L.kpad, L.ld, L.nsplit);
+      }
+      std::printf("\n");
       counter = 0;
-      if (dir == 0)
-        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
-          fwd_persistent_body<T>(fp, units, (int)bb, (unsigned)wbytes, sm);
-        });
-      else
-        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
-          bwd_persistent_body<T>(bp, units, (int)bb, (unsigned)wbytes, sm);
-        });
+      launch(dim3(pl.blocks), pl.smem, 1, [&](int, unsigned char* sm) {
+        if constexpr (!std::is_same_v<T, float>) {  // tensor cores: 16-bit types only
+          if (tc && dir == 0) fwd_persistent_tc_body<T>(fp, g, sm);
+          if (tc && dir == 1) bwd_persistent_tc_body<T>(bp, g, sm);
+        }
+        if (!tc && dir == 0) fwd_persistent_body<T>(fp, g, sm);
+        if (!tc && dir == 1) bwd_persistent_body<T>(bp, g, sm);
+      });
     }
   } else {
-    const int units = a1, rows = a2, stage = a3;
-    dim3 grid((H + units - 1) / units, (B + rows - 1) / rows);
-    std::printf("stepwise: grid %u x %u, units %d rows %d stage_rows %d\n", grid.x, grid.y, units,
-                rows, stage);
-    launch(grid, (size_t)stage * H * sizeof(T), Tn,
-           [&](int t, unsigned char* sm) { fwd_step_body<T>(fp, t, units, rows, stage, sm); });
-    launch(grid, (size_t)stage * G * sizeof(float), Tn + 1, [&](int i, unsigned char* sm) {
-      bwd_step_body<T>(bp, Tn - 1 - i, units, rows, stage, sm);
-    });
+    StepLimits lim;
+    lim.units = a1;
+    lim.rows = a2;
+    lim.smem = (size_t)a3;
+    for (int dir = 0; dir < 2; ++dir) {
+      StepPlan sp;
+      plan_stepwise(B, H, rowbytes[dir], lim, &sp);
+      if (!sp.ok) {
+        std::printf("stepwise plan: %s\n", sp.why);
+        return 2;
+      }
+      std::printf("stepwise %s: grid %u x %u, units %d rows %d stage_rows %d\n", dir ? "bwd" : "fwd",
+                  sp.grid_x, sp.grid_y, sp.units, sp.rows, sp.stage_rows);
+      if (dir == 0)
+        launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn, [&](int t, unsigned char* sm) {
+          fwd_step_body<T>(fp, t, sp.units, sp.rows, sp.stage_rows, sm);
+        });
+      else
+        launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn + 1, [&](int i, unsigned char* sm) {
+          bwd_step_body<T>(bp, Tn - 1 - i, sp.units, sp.rows, sp.stage_rows, sm);
+        });
+    }
   }
 
   Ref r = reference<T>(Tn, B, H, x, w, h0, c0, packed ? &lengths : nullptr, dhs, dhT, dcT);
@@ -295,14 +320,36 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
   return failures ? 1 : 0;
 }
 
+// `emu paths PATH CAPTURING HALF B`: the launchers' choice of paths for a request.
+int print_paths(int argc, char** argv) {
+  if (argc != 6) return 2;
+  const std::string name = argv[2];
+  int requested = -1;
+  for (int p = CHARLSTM_PATH_AUTO; p <= CHARLSTM_PATH_PERSISTENT_TC; ++p)
+    if (name == path_name(p)) requested = p;
+  if (requested < 0) return 2;
+  const PathChoice c = choose_paths(requested, std::atoi(argv[3]) != 0, std::atoi(argv[4]) != 0,
+                                    std::atoi(argv[5]));
+  if (!c.ok) {
+    std::printf("refused: %s\n", c.why);
+    return 0;
+  }
+  std::printf("paths:");
+  for (int i = 0; i < c.n; ++i) std::printf(" %s", path_name(c.paths[i]));
+  std::printf("\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "paths") return print_paths(argc, argv);
   if (argc != 10) {
     std::fprintf(stderr,
                  "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise|persistent_tc "
-                 "(SMS SMEM 0 | UNITS ROWS STAGE_ROWS)\n",
-                 argv[0]);
+                 "(SMS SMEM 0 | UNITS ROWS SMEM)\n"
+                 "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n",
+                 argv[0], argv[0]);
     return 2;
   }
   const std::string dt = argv[1], path = argv[6];
