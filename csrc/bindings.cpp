@@ -33,12 +33,12 @@ int dtype_code(at::ScalarType st) {
 
 void check_tensor(const Tensor& t, const char* name, const Tensor& like, at::ScalarType st,
                   std::vector<int64_t> shape) {
-  TORCH_CHECK(t.device() == like.device(), "charlstm cuda backend: ", name, " is on ",
-              t.device(), ", expected ", like.device());
+  TORCH_CHECK(t.device() == like.device(), "charlstm cuda backend: ", name, " is on ", t.device(),
+              ", expected ", like.device());
   TORCH_CHECK(t.scalar_type() == st, "charlstm cuda backend: ", name, " has dtype ",
               t.scalar_type(), ", expected ", st);
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "charlstm cuda backend: ", name,
-              " has shape ", t.sizes(), ", expected ", at::IntArrayRef(shape));
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "charlstm cuda backend: ", name, " has shape ",
+              t.sizes(), ", expected ", at::IntArrayRef(shape));
   TORCH_CHECK(t.is_contiguous(), "charlstm cuda backend: ", name, " must be contiguous");
 }
 
@@ -51,8 +51,8 @@ const int* lengths_ptr(const c10::optional<Tensor>& lengths, const Tensor& like,
 void* stream_ptr(int64_t stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }
 
 void check_status(int status, const char* what) {
-  TORCH_CHECK(status == CHARLSTM_OK, "charlstm cuda backend: ", what, " failed: ",
-              charlstm_last_error());
+  TORCH_CHECK(status == CHARLSTM_OK, "charlstm cuda backend: ", what,
+              " failed: ", charlstm_last_error());
 }
 
 // forward(xproj, w_hh, h0, c0, lengths, stream, path) -> (hs, hT, cT, cs, gates, path_used)
@@ -110,10 +110,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, int64_t> forward(
 
 // backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, stream, path)
 //   -> (dgates, dh0, dc0, path_used)
-std::tuple<Tensor, Tensor, Tensor, int64_t> backward(
-    const Tensor& dhs, const Tensor& dhT, const Tensor& dcT, const Tensor& w_hh, const Tensor& c0,
-    const Tensor& cs, const Tensor& gates, const c10::optional<Tensor>& lengths, int64_t stream,
-    int64_t path) {
+std::tuple<Tensor, Tensor, Tensor, int64_t> backward(const Tensor& dhs, const Tensor& dhT,
+                                                     const Tensor& dcT, const Tensor& w_hh,
+                                                     const Tensor& c0, const Tensor& cs,
+                                                     const Tensor& gates,
+                                                     const c10::optional<Tensor>& lengths,
+                                                     int64_t stream, int64_t path) {
   TORCH_CHECK(dhs.is_cuda(), "charlstm cuda backend: dhs must be a CUDA tensor, got ",
               dhs.device());
   TORCH_CHECK(dhs.dim() == 3, "charlstm cuda backend: dhs must be [T, B, H], got ", dhs.sizes());

@@ -120,8 +120,8 @@ inline void plan_persistent_layout(const DeviceLimits& d, int T, int B, int H, s
   plan->ok = false;
   plan->why[0] = '\0';
   if (!d.cooperative) {
-    std::snprintf(plan->why, sizeof(plan->why),
-                  "device %d does not support cooperative launches", d.device);
+    std::snprintf(plan->why, sizeof(plan->why), "device %d does not support cooperative launches",
+                  d.device);
     return;
   }
   const int units = (H + d.sms - 1) / d.sms;  // fewest units that cover H with <= sms blocks
@@ -168,8 +168,8 @@ inline void plan_check_residency(int per_sm, int sms, PersistentPlan* plan) {
   if ((long long)per_sm * sms < plan->blocks) {
     plan->ok = false;
     std::snprintf(plan->why, sizeof(plan->why),
-                  "%d blocks needed but only %d x %d can be resident at once", plan->blocks,
-                  per_sm, sms);
+                  "%d blocks needed but only %d x %d can be resident at once", plan->blocks, per_sm,
+                  sms);
   }
 }
 
@@ -273,9 +273,7 @@ inline PathChoice choose_paths(int requested, bool capturing, bool half_type, in
     case CHARLSTM_PATH_PERSISTENT_TC:  // float32 has no tensor-core kernel: the FMA one runs
       c.paths[c.n++] = half_type ? CHARLSTM_PATH_PERSISTENT_TC : CHARLSTM_PATH_PERSISTENT;
       break;
-    default:
-      c.paths[c.n++] = requested;
-      break;
+    default: c.paths[c.n++] = requested; break;
   }
   return c;
 }

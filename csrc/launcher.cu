@@ -38,8 +38,10 @@ int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
   }
   if (path != CHARLSTM_PATH_AUTO && path != CHARLSTM_PATH_PERSISTENT &&
       path != CHARLSTM_PATH_STEPWISE && path != CHARLSTM_PATH_PERSISTENT_TC) {
-    set_error("%s: unknown path code %d (expected 0 auto, 1 persistent, 2 stepwise, "
-              "3 persistent_tc)", who, path);
+    set_error(
+        "%s: unknown path code %d (expected 0 auto, 1 persistent, 2 stepwise, "
+        "3 persistent_tc)",
+        who, path);
     return CHARLSTM_ERR_ARGS;
   }
   if ((long long)H * 4 * H > 0x7fffffffLL) {

@@ -90,8 +90,7 @@ int run_direction(const char* who, const DirectionKernels& k, void* params, unsi
       const bool tc = path == CHARLSTM_PATH_PERSISTENT_TC;
       bool launched = false;
       st = launch_persistent(tc ? k.tc : k.persistent, params, counter, tc ? k.tc_kind : kTcNone,
-                             path, T, B, H, elem, rowbytes, choice.n == 1, who, stream,
-                             &launched);
+                             path, T, B, H, elem, rowbytes, choice.n == 1, who, stream, &launched);
       if (st != CHARLSTM_OK) return st;
       if (!launched) continue;
     }

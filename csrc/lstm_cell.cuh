@@ -33,19 +33,19 @@ struct FwdParams {
 
 template <typename T>
 struct BwdParams {
-  const T* dhs;         // [T, B, H]
-  const T* dhT;         // [B, H]
-  const T* dcT;         // [B, H]
-  const T* wt;          // [H, 4H] (w_hh transposed)
-  const T* c0;          // [B, H]
-  const float* cs;      // [T, B, H]
-  const float* gates;   // [T, B, 4H]
-  const int* lengths;   // [B] or nullptr
-  T* dgates;            // [T, B, 4H]
-  T* dh0;               // [B, H]
-  T* dc0;               // [B, H]
-  float* dzbuf;         // [2, B, 4H]: dz exchange, double-buffered by step parity
-  float* dcbuf;         // [B, H]: dc carried between steps (each element owned by one thread)
+  const T* dhs;        // [T, B, H]
+  const T* dhT;        // [B, H]
+  const T* dcT;        // [B, H]
+  const T* wt;         // [H, 4H] (w_hh transposed)
+  const T* c0;         // [B, H]
+  const float* cs;     // [T, B, H]
+  const float* gates;  // [T, B, 4H]
+  const int* lengths;  // [B] or nullptr
+  T* dgates;           // [T, B, 4H]
+  T* dh0;              // [B, H]
+  T* dc0;              // [B, H]
+  float* dzbuf;        // [2, B, 4H]: dz exchange, double-buffered by step parity
+  float* dcbuf;        // [B, H]: dc carried between steps (each element owned by one thread)
   unsigned* counter;
   int Tn, B, H;
 };

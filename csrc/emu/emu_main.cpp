@@ -93,10 +93,20 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
 float tof(float x) { return x; }
 float tof(__half x) { return __half2float(x); }
 float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> T fromf(float x);
-template <> float fromf<float>(float x) { return x; }
-template <> __half fromf<__half>(float x) { return __float2half_rn(x); }
-template <> __nv_bfloat16 fromf<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename T>
+T fromf(float x);
+template <>
+float fromf<float>(float x) {
+  return x;
+}
+template <>
+__half fromf<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__nv_bfloat16 fromf<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 template <typename T>
 std::vector<T> nan_vec(size_t n) {
@@ -129,7 +139,8 @@ Ref reference(int Tn, int B, int H, const std::vector<T>& x, const std::vector<T
         double z[4];
         for (int g = 0; g < 4; ++g) {
           double s = tof(x[((size_t)t * B + b) * G + g * H + j]);
-          for (int k = 0; k < H; ++k) s += (double)tof(w[(size_t)(g * H + j) * H + k]) * h[b * H + k];
+          for (int k = 0; k < H; ++k)
+            s += (double)tof(w[(size_t)(g * H + j) * H + k]) * h[b * H + k];
           z[g] = s;
         }
         const double ig = sig(z[0]), fg = sig(z[1]), gg = std::tanh(z[2]), og = sig(z[3]);
@@ -178,7 +189,8 @@ Ref reference(int Tn, int B, int H, const std::vector<T>& x, const std::vector<T
         dh[b * H + k] = s;
         dc[b * H + k] = dcn[b * H + k];
       }
-      for (int rr = 0; rr < G; ++rr) r.dgates[((size_t)t * B + b) * G + rr] = dz[(size_t)b * G + rr];
+      for (int rr = 0; rr < G; ++rr)
+        r.dgates[((size_t)t * B + b) * G + rr] = dz[(size_t)b * G + rr];
     }
   }
   r.dh0 = dh, r.dc0 = dc;
@@ -218,7 +230,8 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
     for (auto& e : v) e = fromf<T>(nd(rng) * scale);
     return v;
   };
-  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f), w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
+  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f),
+                 w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
   std::vector<T> h0 = rnd((size_t)B * H, 0.5f), c0 = rnd((size_t)B * H, 0.5f);
   std::vector<T> dhs = rnd((size_t)Tn * B * H, 1.0f), dhT = rnd((size_t)B * H, 1.0f),
                  dcT = rnd((size_t)B * H, 1.0f);
@@ -239,12 +252,26 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
   std::vector<float> dzbuf((size_t)2 * B * G, NAN), dcbuf((size_t)B * H, NAN);
   unsigned counter = 0;
 
-  FwdParams<T> fp{x.data(), w.data(), h0.data(), c0.data(), packed ? lengths.data() : nullptr,
-                  hs.data(), hT.data(), cT.data(), cs.data(), gates.data(), hbuf.data(),
-                  &counter, Tn, B, H};
-  BwdParams<T> bp{dhs.data(), dhT.data(), dcT.data(), wt.data(), c0.data(), cs.data(),
-                  gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
-                  dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
+  FwdParams<T> fp{x.data(),    w.data(),  h0.data(), c0.data(), packed ? lengths.data() : nullptr,
+                  hs.data(),   hT.data(), cT.data(), cs.data(), gates.data(),
+                  hbuf.data(), &counter,  Tn,        B,         H};
+  BwdParams<T> bp{dhs.data(),
+                  dhT.data(),
+                  dcT.data(),
+                  wt.data(),
+                  c0.data(),
+                  cs.data(),
+                  gates.data(),
+                  packed ? lengths.data() : nullptr,
+                  dgates.data(),
+                  dh0.data(),
+                  dc0.data(),
+                  dzbuf.data(),
+                  dcbuf.data(),
+                  &counter,
+                  Tn,
+                  B,
+                  H};
 
   // The two directions' plans and bodies: the same calls as lstm_forward.cu/lstm_backward.cu.
   const size_t rowbytes[2] = {H * sizeof(T), G * sizeof(float)};  // a staged h / dz row
@@ -259,10 +286,12 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
         return 2;
       }
       const PersistentGeometry g = pl.geom;
-      std::printf("%s %s: %d blocks x %d units, bb %d, smem %zu", tc ? "persistent_tc" : "persistent",
-                  dir ? "bwd" : "fwd", pl.blocks, g.units, g.bb, pl.smem);
+      std::printf("%s %s: %d blocks x %d units, bb %d, smem %zu",
+                  tc ? "persistent_tc" : "persistent", dir ? "bwd" : "fwd", pl.blocks, g.units,
+                  g.bb, pl.smem);
       if (tc) {
-        const TcLayout L = dir ? tc_bwd_layout(H, g.units, sizeof(T)) : tc_layout(H, g.units, sizeof(T));
+        const TcLayout L =
+            dir ? tc_bwd_layout(H, g.units, sizeof(T)) : tc_layout(H, g.units, sizeof(T));
         std::printf(", mpad %d kpad %d ld %d nsplit %d", L.mpad, L.kpad, L.ld, L.nsplit);
       }
       std::printf("\n");
@@ -288,8 +317,8 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
         std::printf("stepwise plan: %s\n", sp.why);
         return 2;
       }
-      std::printf("stepwise %s: grid %u x %u, units %d rows %d stage_rows %d\n", dir ? "bwd" : "fwd",
-                  sp.grid_x, sp.grid_y, sp.units, sp.rows, sp.stage_rows);
+      std::printf("stepwise %s: grid %u x %u, units %d rows %d stage_rows %d\n",
+                  dir ? "bwd" : "fwd", sp.grid_x, sp.grid_y, sp.units, sp.rows, sp.stage_rows);
       if (dir == 0)
         launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn, [&](int t, unsigned char* sm) {
           fwd_step_body<T>(fp, t, sp.units, sp.rows, sp.stage_rows, sm);
@@ -328,8 +357,8 @@ int print_paths(int argc, char** argv) {
   for (int p = CHARLSTM_PATH_AUTO; p <= CHARLSTM_PATH_PERSISTENT_TC; ++p)
     if (name == path_name(p)) requested = p;
   if (requested < 0) return 2;
-  const PathChoice c = choose_paths(requested, std::atoi(argv[3]) != 0, std::atoi(argv[4]) != 0,
-                                    std::atoi(argv[5]));
+  const PathChoice c =
+      choose_paths(requested, std::atoi(argv[3]) != 0, std::atoi(argv[4]) != 0, std::atoi(argv[5]));
   if (!c.ok) {
     std::printf("refused: %s\n", c.why);
     return 0;

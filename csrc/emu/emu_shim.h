@@ -129,13 +129,16 @@ inline float emu_tof(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <class T>
 inline void emu_check_tile_load(const T* p, unsigned ldm) {
   static_assert(sizeof(T) == 2, "the checks are written for 16-bit tiles");
-  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0) emu_wmma_fault("pointer not 32-byte aligned", p, ldm);
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0)
+    emu_wmma_fault("pointer not 32-byte aligned", p, ldm);
   if (ldm % 8 != 0) emu_wmma_fault("ldm not a multiple of 8 elements", p, ldm);
   for (int r0 = 0; r0 < 16; r0 += 8) {
     unsigned used = 0;  // bit g: bank group g (16 bytes of the 128-byte bank space) taken
     for (int r = r0; r < r0 + 8; ++r) {
-      const unsigned g = (unsigned)((reinterpret_cast<std::uintptr_t>(p + (size_t)r * ldm) / 16) % 8);
-      if (used & (1u << g)) emu_wmma_fault("shared-memory bank conflict between fragment rows", p, ldm);
+      const unsigned g =
+          (unsigned)((reinterpret_cast<std::uintptr_t>(p + (size_t)r * ldm) / 16) % 8);
+      if (used & (1u << g))
+        emu_wmma_fault("shared-memory bank conflict between fragment rows", p, ldm);
       used |= 1u << g;
     }
   }
