@@ -95,6 +95,7 @@ struct PersistentGeometry {
 // The device facts a persistent plan depends on.
 struct DeviceLimits {
   int device;
+  int cc;          // compute capability, major * 10 + minor
   int sms;         // multiprocessors
   int smem_optin;  // dynamic shared memory per block with the opt-in attribute, bytes
   bool cooperative;
@@ -122,6 +123,13 @@ inline void plan_persistent_layout(const DeviceLimits& d, int T, int B, int H, s
   if (!d.cooperative) {
     std::snprintf(plan->why, sizeof(plan->why), "device %d does not support cooperative launches",
                   d.device);
+    return;
+  }
+  if (tc != kTcNone && d.cc < 80) {
+    std::snprintf(plan->why, sizeof(plan->why),
+                  "the tensor-core kernels need compute capability 8.0 or newer, device %d has "
+                  "%d.%d",
+                  d.device, d.cc / 10, d.cc % 10);
     return;
   }
   const int units = (H + d.sms - 1) / d.sms;  // fewest units that cover H with <= sms blocks

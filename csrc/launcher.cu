@@ -68,14 +68,19 @@ int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t
                     TcKind tc, PersistentPlan* plan) {
   plan->ok = false;
   DeviceLimits d;
-  int coop = 0;
+  int coop = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&d.device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d.device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d.device);
   if (e == cudaSuccess)
     e = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.device);
   if (e == cudaSuccess)
     e = cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, d.device);
   if (e != cudaSuccess) return cuda_fail(e, "querying the device");
+  d.cc = major * 10 + minor;
   d.cooperative = coop != 0;
   plan_persistent_layout(d, T, B, H, elem, rowbytes, tc, plan);
   if (!plan->ok) return CHARLSTM_OK;

@@ -27,12 +27,10 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p,
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   const int H = p.H, B = p.B, units = g.units;
   const TcLayout L = tc_layout(H, units, sizeof(T));
-  T* at = reinterpret_cast<T*>(smem);
-  T* xt = reinterpret_cast<T*>(smem + L.w_bytes);
-  float* zs = reinterpret_cast<float*>(smem + L.w_bytes + L.h_bytes);
+  const TcTiles<T> tl = tc_tiles<T>(smem, L);
   const int j0 = blockIdx.x * units;
   const int nu = min(units, H - j0);
-  tc_stage_weights<T>(at, H, L, [&](int m, int k) {
+  tc_stage_weights<T>(tl.a, H, L, [&](int m, int k) {
     const int gate = m / units, u = m % units;
     return u < nu ? p.w[((long long)gate * H + j0 + u) * H + k] : from_f<T>(0.0f);
   });
@@ -41,21 +39,18 @@ __device__ __forceinline__ void fwd_persistent_tc_body(const FwdParams<T>& p,
     T* hdst = p.hbuf + (long long)((t + 1) & 1) * B * H;
     for (int bc = 0; bc < B; bc += 16) {
       const int nb = min(16, B - bc);
-      tc_stage_and_multiply<T>(hsrc + (long long)bc * H, H, nb, at, xt, zs, L);
+      tc_stage_and_multiply<T>(hsrc + (long long)bc * H, H, nb, tl, L);
       for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
         const int u = idx % nu, q = idx / nu;
-        fwd_cell<T>(p, t, bc + q, j0 + u, tc_sum(zs, L, u, q), tc_sum(zs, L, units + u, q),
-                    tc_sum(zs, L, 2 * units + u, q), tc_sum(zs, L, 3 * units + u, q),
-                    xt[q * L.ld + j0 + u], hdst);
+        fwd_cell<T>(p, t, bc + q, j0 + u, tc_sum(tl.z, L, u, q), tc_sum(tl.z, L, units + u, q),
+                    tc_sum(tl.z, L, 2 * units + u, q), tc_sum(tl.z, L, 3 * units + u, q),
+                    tl.x[q * L.ld + j0 + u], hdst);
       }
     }
     if (t + 1 < p.Tn) grid_barrier(p.counter, gridDim.x * (unsigned)(t + 1));
   }
 #else
-  (void)p;
-  (void)g;
-  (void)smem;
-  __trap();  // not compiled for this architecture (needs sm_80); the host never launches it
+  tc_unsupported_arch(p, g, smem);
 #endif
 }
 
@@ -71,12 +66,10 @@ __device__ __forceinline__ void bwd_persistent_tc_body(const BwdParams<T>& p,
   const int H = p.H, B = p.B, units = g.units;
   const long long G = 4LL * H;
   const TcLayout L = tc_bwd_layout(H, units, sizeof(T));
-  T* at = reinterpret_cast<T*>(smem);
-  T* xt = reinterpret_cast<T*>(smem + L.w_bytes);
-  float* zs = reinterpret_cast<float*>(smem + L.w_bytes + L.h_bytes);
+  const TcTiles<T> tl = tc_tiles<T>(smem, L);
   const int j0 = blockIdx.x * units;
   const int nu = min(units, H - j0);
-  tc_stage_weights<T>(at, (int)G, L, [&](int m, int r) {
+  tc_stage_weights<T>(tl.a, (int)G, L, [&](int m, int r) {
     return m < nu ? p.wt[(long long)(j0 + m) * G + r] : from_f<T>(0.0f);
   });
   for (int s = p.Tn - 1; s >= -1; --s) {
@@ -85,19 +78,16 @@ __device__ __forceinline__ void bwd_persistent_tc_body(const BwdParams<T>& p,
     float* dzdst = p.dzbuf + (long long)(s & 1) * B * G;    // used only when s >= 0
     for (int bc = 0; bc < B; bc += 16) {
       const int nb = min(16, B - bc);
-      if (need_mv) tc_stage_and_multiply<T>(dsrc + (long long)bc * G, (int)G, nb, at, xt, zs, L);
+      if (need_mv) tc_stage_and_multiply<T>(dsrc + (long long)bc * G, (int)G, nb, tl, L);
       for (int idx = threadIdx.x; idx < nu * nb; idx += blockDim.x) {
         const int u = idx % nu, q = idx / nu;
-        bwd_cell<T>(p, s, bc + q, j0 + u, need_mv ? tc_sum(zs, L, u, q) : 0.0f, dzdst);
+        bwd_cell<T>(p, s, bc + q, j0 + u, need_mv ? tc_sum(tl.z, L, u, q) : 0.0f, dzdst);
       }
     }
     if (s >= 0) grid_barrier(p.counter, gridDim.x * (unsigned)(p.Tn - s));
   }
 #else
-  (void)p;
-  (void)g;
-  (void)smem;
-  __trap();  // not compiled for this architecture (needs sm_80); the host never launches it
+  tc_unsupported_arch(p, g, smem);
 #endif
 }
 

@@ -33,33 +33,36 @@ __device__ __forceinline__ void load_a_shared(FragA<__half>& f, const __half* p,
 __device__ __forceinline__ void load_b_shared(FragB<__half>& f, const __half* p, unsigned ldm) {
   wmma::load_matrix_sync(f, p, ldm);
 }
-__device__ __forceinline__ void load_a_shared(FragA<__nv_bfloat16>& f, const __nv_bfloat16* p,
-                                              unsigned ldm) {
+// The 4 registers of a bfloat16 m16n16k16 fragment from shared memory (kA: the A operand, row
+// major; else the B operand, column major).
+template <bool kA, typename Frag>
+__device__ __forceinline__ void load_bf16_shared(Frag& f, const __nv_bfloat16* p, unsigned ldm) {
 #if defined(__CUDA_ARCH__)
-  static_assert(sizeof(f.x) == 4 * sizeof(unsigned), "bf16 m16n16k16 A fragment: 4 registers");
+  static_assert(sizeof(f.x) == 4 * sizeof(unsigned), "bf16 m16n16k16 fragment: 4 registers");
   unsigned* r = reinterpret_cast<unsigned*>(f.x);
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a), "r"(ldm)
-               : "memory");
+  if constexpr (kA) {
+    asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a), "r"(ldm)
+                 : "memory");
+  } else {
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a), "r"(ldm)
+                 : "memory");
+  }
 #else
   wmma::load_matrix_sync(f, p, ldm);
 #endif
 }
+__device__ __forceinline__ void load_a_shared(FragA<__nv_bfloat16>& f, const __nv_bfloat16* p,
+                                              unsigned ldm) {
+  load_bf16_shared<true>(f, p, ldm);
+}
 __device__ __forceinline__ void load_b_shared(FragB<__nv_bfloat16>& f, const __nv_bfloat16* p,
                                               unsigned ldm) {
-#if defined(__CUDA_ARCH__)
-  static_assert(sizeof(f.x) == 4 * sizeof(unsigned), "bf16 m16n16k16 B fragment: 4 registers");
-  unsigned* r = reinterpret_cast<unsigned*>(f.x);
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a), "r"(ldm)
-               : "memory");
-#else
-  wmma::load_matrix_sync(f, p, ldm);
-#endif
+  load_bf16_shared<false>(f, p, ldm);
 }
 #endif
 
@@ -92,6 +95,19 @@ __device__ __forceinline__ void tc_chunk_products(const T* at, const T* xt, floa
 #endif
 }
 
+// The three regions of a block's dynamic shared memory in layout L.
+template <typename T>
+struct TcTiles {
+  T* a;      // A tile [M x ld]
+  T* x;      // X tile [16 x ld]
+  float* z;  // partial sums [nsplit][Mpad x 16]
+};
+template <typename T>
+__device__ __forceinline__ TcTiles<T> tc_tiles(unsigned char* smem, const TcLayout& L) {
+  return {reinterpret_cast<T*>(smem), reinterpret_cast<T*>(smem + L.w_bytes),
+          reinterpret_cast<float*>(smem + L.w_bytes + L.h_bytes)};
+}
+
 // Z[m][n] summed over the slabs in a fixed order.
 __device__ __forceinline__ float tc_sum(const float* zs, const TcLayout& L, int m, int n) {
   float sum = 0.0f;
@@ -115,17 +131,26 @@ __device__ __forceinline__ void tc_stage_weights(T* at, int k, const TcLayout& L
 // Z = A . X^T into zs.  Ends with a __syncthreads(), so zs may be read right after; starts
 // with one, so the previous chunk's readers of xt/zs (and the A tile's writers) are done.
 template <typename T>
-__device__ __forceinline__ void tc_stage_and_multiply(const T* src, int k, int nb, const T* at,
-                                                      T* xt, float* zs, const TcLayout& L) {
+__device__ __forceinline__ void tc_stage_and_multiply(const T* src, int k, int nb,
+                                                      const TcTiles<T>& tl, const TcLayout& L) {
   const T zero = from_f<T>(0.0f);
   __syncthreads();
   for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
     const int n = e / L.kpad, c = e % L.kpad;
-    xt[n * L.ld + c] = (n < nb && c < k) ? ld_cg(src + (long long)n * k + c) : zero;
+    tl.x[n * L.ld + c] = (n < nb && c < k) ? ld_cg(src + (long long)n * k + c) : zero;
   }
   __syncthreads();
-  tc_chunk_products<T>(at, xt, zs, L);
+  tc_chunk_products<T>(tl.a, tl.x, tl.z, L);
   __syncthreads();
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+// The body of a tensor-core kernel compiled for an architecture without these WMMA shapes: the
+// plan refuses the tensor-core kernels below sm_80, so this never runs.
+template <class... A>
+__device__ __forceinline__ void tc_unsupported_arch(const A&...) {
+  __trap();
+}
+#endif
 
 }  // namespace charlstm

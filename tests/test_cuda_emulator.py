@@ -153,3 +153,40 @@ def test_tensor_core_fragment_loads_are_shared_in_ptx(source, tmp_path):
     assert forms == {(ab, t) for ab in "ab" for t in ("f16", "bf16")}, loads
     generic = [x for x in loads if ".shared." not in x]
     assert not generic, f"wmma.load not in the .shared form: {sorted(set(generic))}"
+
+
+# =============================================================== persistent plans
+def _plan(emulator, kind, T, B, H, elem, sms, smem, cc=90):
+    res = subprocess.run([str(emulator), "plan", kind, *map(str, (T, B, H, elem, sms, smem, cc))],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+def _tc_bytes(m, k, elem, pad, warps=2):
+    """Shared memory of a tensor-core block as docs/cuda.md describes it (rows of ld = kpad + pad
+    elements; the emulator's blocks have 2 warps, which sets the number of K slices)."""
+    mpad, kpad = -(-m // 16) * 16, -(-k // 16) * 16
+    ld = kpad + pad
+    nsplit = max(1, min(warps // (mpad // 16), kpad // 16))
+    return -(-m * ld * elem // 32) * 32 + 16 * ld * elem + nsplit * mpad * 16 * 4
+
+
+@pytest.mark.parametrize("kind", ["tc_fwd", "tc_bwd"])
+def test_tensor_core_plan_counts_the_row_padding(emulator, kind):
+    """The fit check includes the 8-element row padding: a budget that would hold the unpadded
+    tiles but not the padded ones is refused (H = 768 bf16 on 132 SMs: 6 units per block)."""
+    m, k = (4 * 6, 768) if kind == "tc_fwd" else (6, 4 * 768)
+    need, unpadded = _tc_bytes(m, k, 2, 8), _tc_bytes(m, k, 2, 0)
+    assert unpadded < need
+    assert _plan(emulator, kind, 10, 16, 768, 2, 132, need) == \
+        f"ok: 128 blocks x 6 units, bb 1, smem {need}"
+    out = _plan(emulator, kind, 10, 16, 768, 2, 132, need - 1)
+    assert out.startswith("unfit: the tensor-core layout needs") and str(need) in out, out
+
+
+def test_tensor_core_plan_needs_sm80(emulator):
+    out = _plan(emulator, "tc_fwd", 10, 16, 768, 2, 132, 232448, cc=75)
+    assert out == ("unfit: the tensor-core kernels need compute capability 8.0 or newer, "
+                   "device 0 has 7.5")
+    assert _plan(emulator, "fma_fwd", 10, 16, 768, 2, 132, 232448, cc=75).startswith("ok: ")

@@ -17,6 +17,9 @@
 //                 plan_stepwise decides the staged rows.
 //   emu paths PATH CAPTURING HALF B
 //     prints the paths choose_paths tries for a request, in order, or why it refuses.
+//   emu plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC
+//     prints the persistent plan for a device with SMS SMs, SMEM bytes of shared memory per
+//     block and compute capability CC (e.g. 90), or why the shape does not fit.
 // Prints the plan and one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad
 // usage or a plan that does not fit, 3 on a broken WMMA rule (emu_shim.h).
 // Test-only (tests/test_cuda_backend.py compiles and runs it); not part of the extension.
@@ -276,7 +279,7 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
   // The two directions' plans and bodies: the same calls as lstm_forward.cu/lstm_backward.cu.
   const size_t rowbytes[2] = {H * sizeof(T), G * sizeof(float)};  // a staged h / dz row
   if (persistent) {
-    const DeviceLimits dev{0, a1, a2, true};
+    const DeviceLimits dev{0, 90, a1, a2, true};  // an sm_90 with a1 SMs
     const TcKind kinds[2] = {tc ? kTcForward : kTcNone, tc ? kTcBackward : kTcNone};
     for (int dir = 0; dir < 2; ++dir) {
       PersistentPlan pl;
@@ -349,6 +352,37 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
   return failures ? 1 : 0;
 }
 
+// `emu plan KIND T B H ELEM SMS SMEM CC`: the launchers' persistent plan (KIND fma_fwd,
+// fma_bwd, tc_fwd or tc_bwd; ELEM bytes per element; CC compute capability as 80, 90, ...).
+int print_plan(int argc, char** argv) {
+  if (argc != 10) return 2;
+  const std::string kind = argv[2];
+  const int Tn = std::atoi(argv[3]), B = std::atoi(argv[4]), H = std::atoi(argv[5]);
+  const size_t elem = (size_t)std::atoi(argv[6]);
+  const DeviceLimits dev{0, std::atoi(argv[9]), std::atoi(argv[7]), std::atoi(argv[8]), true};
+  TcKind tc = kTcNone;
+  size_t rowbytes = 0;
+  if (kind == "fma_fwd")
+    rowbytes = H * elem;
+  else if (kind == "fma_bwd")
+    rowbytes = 4 * (size_t)H * sizeof(float);
+  else if (kind == "tc_fwd")
+    tc = kTcForward;
+  else if (kind == "tc_bwd")
+    tc = kTcBackward;
+  else
+    return 2;
+  PersistentPlan pl;
+  plan_persistent_layout(dev, Tn, B, H, elem, rowbytes, tc, &pl);
+  if (!pl.ok) {
+    std::printf("unfit: %s\n", pl.why);
+    return 0;
+  }
+  std::printf("ok: %d blocks x %d units, bb %d, smem %zu\n", pl.blocks, pl.geom.units, pl.geom.bb,
+              pl.smem);
+  return 0;
+}
+
 // `emu paths PATH CAPTURING HALF B`: the launchers' choice of paths for a request.
 int print_paths(int argc, char** argv) {
   if (argc != 6) return 2;
@@ -373,12 +407,14 @@ int print_paths(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "paths") return print_paths(argc, argv);
+  if (argc >= 2 && std::string(argv[1]) == "plan") return print_plan(argc, argv);
   if (argc != 10) {
     std::fprintf(stderr,
                  "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise|persistent_tc "
                  "(SMS SMEM 0 | UNITS ROWS SMEM)\n"
-                 "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n",
-                 argv[0], argv[0]);
+                 "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n"
+                 "       %s plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n",
+                 argv[0], argv[0], argv[0]);
     return 2;
   }
   const std::string dt = argv[1], path = argv[6];
