@@ -59,7 +59,8 @@ def _cuda_extension_kwargs():
     if not nvcc or not os.path.exists(nvcc):
         return {}
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cu"))
+                     + glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return {}
     # The compile flags and the CUDA runtime lookup live in one place, shared with the JIT build.

@@ -135,7 +135,8 @@ def test_other_major_versions_are_skipped_and_the_message_says_where_it_looked(t
 def test_headers_from_a_wheel_layout(tmp_path):
     """The emulator's headers where only the CUDA wheels keep them (split over packages)."""
     site = tmp_path / "site"
-    for pkg, names in {"cu13": ["cuda_runtime.h", "cuda_fp16.h"], "cuda_bf16x": ["cuda_bf16.h"]}.items():
+    spread = {"cu13": ["cuda_runtime.h", "cuda_fp16.h"], "cuda_bf16x": ["cuda_bf16.h"]}
+    for pkg, names in spread.items():
         inc = site / "nvidia" / pkg / "include"
         inc.mkdir(parents=True)
         for n in names:
@@ -155,7 +156,8 @@ def test_nvcc_dryrun_is_parsed(tmp_path):
     fake.write_text("#!/bin/sh\ncat >&2 <<'EOF'\n"
                     "#$ TOP=/opt/cuda/bin/..\n"
                     '#$ INCLUDES="-I/opt/cuda/bin/../targets/x86_64-linux/include"  \n'
-                    '#$ SYSTEM_INCLUDES="-isystem" "/opt/cuda/bin/../targets/x86_64-linux/include/cccl"  \n'
+                    '#$ SYSTEM_INCLUDES="-isystem" '
+                    '"/opt/cuda/bin/../targets/x86_64-linux/include/cccl"  \n'
                     '#$ LIBRARIES=  "-L/opt/cuda/bin/../targets/x86_64-linux/lib/stubs" '
                     '"-L/opt/cuda/bin/../targets/x86_64-linux/lib"\n'
                     "EOF\n")
@@ -215,7 +217,8 @@ def test_jit_build_one_arch_and_the_found_runtime(tmp_path, monkeypatch):
     monkeypatch.setattr(build_toolkit, "loaded_cudart", lambda: None)
     kw = build.jit_load_kwargs(directory=tmp_path / "ext", environ={}, capability=(9, 0))
     assert kw["build_directory"] == str(tmp_path / "ext")
-    assert [f for f in kw["extra_cuda_cflags"] if "arch" in f] == ["-gencode=arch=compute_90,code=sm_90"]
+    archs = [f for f in kw["extra_cuda_cflags"] if "arch" in f]
+    assert archs == ["-gencode=arch=compute_90,code=sm_90"]
     assert kw["extra_ldflags"] == [f"-L{tmp_path / 'ext' / 'cudart'}", f"-Wl,-rpath,{lib.parent}"]
     assert (tmp_path / "ext" / "cudart" / "libcudart.so").resolve() == lib.resolve()
     kw = build.jit_load_kwargs(directory=tmp_path / "ext", environ={"TORCH_CUDA_ARCH_LIST": "9.0"},
@@ -272,5 +275,6 @@ def test_jit_build_clears_a_stale_lock_and_records_itself(tmp_path, monkeypatch)
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     with pytest.raises(RuntimeError, match="compile failed"):
         build._jit_build(verbose=False)
-    assert seen == {"lock": False, "owners": [f"charlstm_build.{socket.gethostname()}.{os.getpid()}"]}
+    me = f"charlstm_build.{socket.gethostname()}.{os.getpid()}"
+    assert seen == {"lock": False, "owners": [me]}
     assert not list(tmp_path.glob("charlstm_build.*"))               # removed even on failure

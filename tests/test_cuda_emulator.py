@@ -62,7 +62,8 @@ EMU_CASES = [
     ("f32", 1, 1, 1, 0, "persistent", 4, 100000, 0, ["fwd: 1 blocks x 1 units, bb 1"]),
     ("f32", 4, 9, 20, 1, "persistent", 6, 1700, 0, ["fwd: 5 blocks x 4 units, bb 5",  # chunks
                                                     "bwd: 5 blocks x 4 units, bb 1"]),
-    ("f16", 6, 5, 33, 1, "persistent", 4, 3000, 0, ["fwd: 4 blocks x 9 units, bb 5", "bwd: 4 blocks x 9 units, bb 1"]),
+    ("f16", 6, 5, 33, 1, "persistent", 4, 3000, 0, ["fwd: 4 blocks x 9 units, bb 5",
+                                                    "bwd: 4 blocks x 9 units, bb 1"]),
     ("bf16", 5, 3, 40, 1, "persistent", 5, 100000, 0, ["bb 3"]),
     ("f32", 3, 2, 100, 0, "persistent", 2, 100000, 0, ["2 blocks x 50 units"]),
     ("f32", 5, 9, 20, 1, "stepwise", 8, 16, 0, ["fwd: grid 3 x 1, units 8 rows 9 stage_rows 0",
@@ -74,15 +75,16 @@ EMU_CASES = [
                                                  "bwd: grid 3 x 2, units 8 rows 8 stage_rows 2"]),
     ("f32", 1, 3, 5, 1, "stepwise", 8, 16, 100000, ["stage_rows 3"]),
     # the launchers' own stepwise limits (8 units x 16 rows, 48 KiB): a 1-row second block
-    ("bf16", 2, 17, 24, 1, "stepwise", 8, 16, 49152, ["fwd: grid 3 x 2, units 8 rows 16 stage_rows 16"]),
+    ("bf16", 2, 17, 24, 1, "stepwise", 8, 16, 49152,
+     ["fwd: grid 3 x 2, units 8 rows 16 stage_rows 16"]),
     # WMMA forward and backward (padded rows: ld = kpad + 8):
     ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0, ["kpad 32 ld 40 nsplit 2"]),  # K split
     ("bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0, ["mpad 80 kpad 48 ld 56"]),  # 2 chunks
     ("f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0, ["3 blocks x 7 units"]),      # ragged
     ("bf16", 4, 8, 40, 0, "persistent_tc", 1, 100000, 0, ["bwd: 1 blocks x 40 units", "mpad 48"]),
     # rows of 128 bytes (K = 64) and 512 bytes (K = 256): 8-way conflicts without the padding
-    ("bf16", 2, 16, 64, 1, "persistent_tc", 8, 100000, 0, ["fwd: 8 blocks x 8 units", "kpad 64 ld 72",
-                                                           "kpad 256 ld 264"]),
+    ("bf16", 2, 16, 64, 1, "persistent_tc", 8, 100000, 0,
+     ["fwd: 8 blocks x 8 units", "kpad 64 ld 72", "kpad 256 ld 264"]),
 ]
 
 

@@ -173,8 +173,9 @@ def jit_load_kwargs(verbose: bool = False, directory=None, environ=None, capabil
     d = build_directory() if directory is None else Path(directory)
     archs = jit_archs(environ, capability)
     flags = build_flags.extension_kwargs(environ=environ, archs=archs)["extra_compile_args"]
-    link = build_toolkit.cudart_link(d / "cudart", major=build_toolkit.cuda_major(torch.version.cuda),
-                                     cuda_home=_torch_cuda_home(), nvcc=nvcc_path(), environ=environ)
+    major = build_toolkit.cuda_major(torch.version.cuda)
+    link = build_toolkit.cudart_link(d / "cudart", major=major, cuda_home=_torch_cuda_home(),
+                                     nvcc=nvcc_path(), environ=environ)
     return dict(name=EXT_NAME, sources=sources(), extra_include_paths=[str(csrc_dir())],
                 extra_cflags=flags["cxx"], extra_cuda_cflags=flags["nvcc"],
                 extra_ldflags=link.ldflags, build_directory=str(d), verbose=verbose)

@@ -34,7 +34,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 #: headers the host emulator (and any host compile of the device code) needs
 EMULATOR_HEADERS = ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")
@@ -48,7 +48,7 @@ class CudartNotFound(RuntimeError):
 
 
 # ---------------------------------------------------------------- where to look
-def _unique_dirs(paths: Iterable) -> List[Path]:
+def _unique_dirs(paths: Iterable) -> list[Path]:
     seen, out = set(), []
     for p in paths:
         if not p:
@@ -61,7 +61,7 @@ def _unique_dirs(paths: Iterable) -> List[Path]:
     return out
 
 
-def site_dirs() -> List[Path]:
+def site_dirs() -> list[Path]:
     """Folders that hold installed packages (where the ``nvidia`` wheels go)."""
     cands = []
     try:
@@ -116,7 +116,7 @@ DEFAULT_ROOT = "/usr/local/cuda"
 
 def toolkit_roots(cuda_home: Optional[str] = None, nvcc: Optional[str] = None,
                   environ: Optional[dict] = None,
-                  fallback_root: Optional[str] = DEFAULT_ROOT) -> List[Path]:
+                  fallback_root: Optional[str] = DEFAULT_ROOT) -> list[Path]:
     """Candidate toolkit folders: ``cuda_home`` (torch's guess), ``CUDA_HOME``/``CUDA_PATH``,
     the folder above the real nvcc (symlinks resolved) and what ``nvcc -dryrun`` calls TOP,
     then ``fallback_root``."""
@@ -131,7 +131,7 @@ def toolkit_roots(cuda_home: Optional[str] = None, nvcc: Optional[str] = None,
     return [p for p in _unique_dirs(cands) if p.is_dir()]
 
 
-def _wheel_dirs(sites: Sequence[Path], kind: str, major: Optional[int]) -> List[Path]:
+def _wheel_dirs(sites: Sequence[Path], kind: str, major: Optional[int]) -> list[Path]:
     """``nvidia/<package>/<kind>`` folders of the CUDA wheels in ``sites``: the CUDA 13 layout
     (``nvidia/cu13/lib``) and the older one (``nvidia/cuda_runtime/lib``) first."""
     out = []
@@ -146,7 +146,7 @@ def _wheel_dirs(sites: Sequence[Path], kind: str, major: Optional[int]) -> List[
     return [p for p in _unique_dirs(out) if p.is_dir()]
 
 
-def _toolkit_dirs(roots: Sequence[Path], kind: str) -> List[Path]:
+def _toolkit_dirs(roots: Sequence[Path], kind: str) -> list[Path]:
     out = []
     for r in roots:
         names = ["lib64", "lib"] if kind == "lib" else ["include"]
@@ -158,9 +158,9 @@ def _toolkit_dirs(roots: Sequence[Path], kind: str) -> List[Path]:
 # ---------------------------------------------------------------- headers
 @dataclass
 class HeaderLookup:
-    dirs: List[Path]      #: folders to pass with -I, in order
-    tried: List[Path]     #: every folder looked at
-    missing: List[str]    #: headers of EMULATOR_HEADERS found in none of them
+    dirs: list[Path]      #: folders to pass with -I, in order
+    tried: list[Path]     #: every folder looked at
+    missing: list[str]    #: headers of EMULATOR_HEADERS found in none of them
 
     @property
     def ok(self) -> bool:
@@ -175,9 +175,9 @@ def find_cuda_headers(nvcc: Optional[str] = None, cuda_home: Optional[str] = Non
     wheels' ``include`` folders.  Folders holding any of the CUDA headers are kept (a wheel
     layout spreads them over several)."""
     sites = site_dirs() if sites is None else sites
+    roots = toolkit_roots(cuda_home, nvcc, environ, fallback_root)
     tried = _unique_dirs([Path(p) for p in nvcc_dryrun(nvcc)["include"]]
-                         + _toolkit_dirs(toolkit_roots(cuda_home, nvcc, environ, fallback_root), "include")
-                         + _wheel_dirs(sites, "include", None))
+                         + _toolkit_dirs(roots, "include") + _wheel_dirs(sites, "include", None))
     dirs = [d for d in tried if d.is_dir() and (
         any((d / h).exists() for h in EMULATOR_HEADERS) or (d / "crt" / "host_defines.h").exists())]
     missing = [h for h in EMULATOR_HEADERS if not any((d / h).exists() for d in dirs)]
@@ -223,8 +223,8 @@ def loaded_cudart(maps: str = "/proc/self/maps") -> Optional[Path]:
 class CudartLookup:
     path: Optional[Path]                             #: the library file to link, or None
     how: str = ""                                    #: "loaded" or the folder it came from
-    tried: List[Path] = field(default_factory=list)  #: folders looked in, in order
-    rejected: List[str] = field(default_factory=list)  #: files of another major version
+    tried: list[Path] = field(default_factory=list)  #: folders looked in, in order
+    rejected: list[str] = field(default_factory=list)  #: files of another major version
 
     def explain(self, major: Optional[int]) -> str:
         want = f"libcudart.so.{major} (the CUDA {major} runtime torch uses)" if major \
@@ -253,7 +253,8 @@ def find_cudart(major: Optional[int] = None, cuda_home: Optional[str] = None,
             return CudartLookup(path=loaded, how="loaded")
     sites = site_dirs() if sites is None else sites
     dirs = _unique_dirs(_wheel_dirs(sites, "lib", major)
-                        + _toolkit_dirs(toolkit_roots(cuda_home, nvcc, environ, fallback_root), "lib")
+                        + _toolkit_dirs(toolkit_roots(cuda_home, nvcc, environ, fallback_root),
+                                        "lib")
                         + [Path(p) for p in nvcc_dryrun(nvcc)["lib"]])
     dirs = [d for d in dirs if d.is_dir()]
     lookup = CudartLookup(path=None, tried=dirs)
@@ -285,7 +286,7 @@ class CudartLink:
     how: str
 
     @property
-    def ldflags(self) -> List[str]:
+    def ldflags(self) -> list[str]:
         return [f"-L{self.library_dir}", f"-Wl,-rpath,{self.rpath}"]
 
 
