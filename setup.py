@@ -5,11 +5,15 @@ The CUDA extension (``charlstm._C``) is compiled ahead of time only when
 installs as pure Python and the ``cuda`` backend JIT-compiles on first use (or
 reports why it cannot).  torch is never listed as a build requirement, so pip
 never downloads another torch: build with ``--no-build-isolation`` to compile
-against the torch you have.
+against the torch you have.  The extension links the CUDA runtime torch uses,
+wherever it lies (charlstm/backends/cuda/build_toolkit.py); when it cannot be
+found the build stops with a message saying where it looked
+(``CHARLSTM_NO_CUDA_BUILD=1`` installs without the extension).
 """
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -28,6 +32,18 @@ class build_py_with_csrc(build_py):
                 self.copy_file(src, os.path.join(dest, os.path.basename(src)))
 
 
+def _load_by_path(name):
+    """charlstm/backends/cuda/<name>.py without importing the package (standard library only)."""
+    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        f"_charlstm_{name}", os.path.join(here, "charlstm", "backends", "cuda", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cuda_extension_kwargs():
     if os.environ.get("CHARLSTM_NO_CUDA_BUILD", "0") == "1":
         return {}
@@ -43,19 +59,24 @@ def _cuda_extension_kwargs():
     if not nvcc or not os.path.exists(nvcc):
         return {}
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cu"))
+                     + glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return {}
-    # The compile flags live in one place, shared with the JIT build.
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "_charlstm_build_flags", os.path.join(here, "charlstm", "backends", "cuda", "build_flags.py"))
-    flags = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(flags)
-    extension_kwargs = flags.extension_kwargs
+    # The compile flags and the CUDA runtime lookup live in one place, shared with the JIT build.
+    flags = _load_by_path("build_flags")
+    toolkit = _load_by_path("build_toolkit")
+    try:
+        link = toolkit.cudart_link(os.path.join(here, "build", "charlstm_cudart"),
+                                   major=toolkit.cuda_major(torch.version.cuda),
+                                   cuda_home=cpp_extension.CUDA_HOME, nvcc=nvcc)
+    except toolkit.CudartNotFound as e:
+        raise SystemExit(f"charlstm: {e}\n(CHARLSTM_NO_CUDA_BUILD=1 installs without the "
+                         f"extension; the cuda backend then builds it just in time)") from None
     ext = cpp_extension.CUDAExtension(
         name="charlstm._C", sources=sources, include_dirs=[os.path.join(here, "csrc")],
-        **extension_kwargs())
+        library_dirs=[str(link.library_dir)], extra_link_args=[f"-Wl,-rpath,{link.rpath}"],
+        **flags.extension_kwargs())
     return {"ext_modules": [ext],
             "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}}
 

@@ -4,7 +4,7 @@
 // outputs and workspaces with ATen on the inputs' device, and takes the CUDA stream from Python
 // as an integer (torch.cuda.current_stream(device).cuda_stream), so no CUDA header is needed.
 // It checks every tensor (device, dtype, shape, contiguity) and raises with the launcher's
-// message on failure.  Status: compiled, not yet verified on a GPU.
+// message on failure.
 #include <torch/extension.h>
 
 #include <c10/core/DeviceGuard.h>
@@ -33,12 +33,12 @@ int dtype_code(at::ScalarType st) {
 
 void check_tensor(const Tensor& t, const char* name, const Tensor& like, at::ScalarType st,
                   std::vector<int64_t> shape) {
-  TORCH_CHECK(t.device() == like.device(), "charlstm cuda backend: ", name, " is on ",
-              t.device(), ", expected ", like.device());
+  TORCH_CHECK(t.device() == like.device(), "charlstm cuda backend: ", name, " is on ", t.device(),
+              ", expected ", like.device());
   TORCH_CHECK(t.scalar_type() == st, "charlstm cuda backend: ", name, " has dtype ",
               t.scalar_type(), ", expected ", st);
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "charlstm cuda backend: ", name,
-              " has shape ", t.sizes(), ", expected ", at::IntArrayRef(shape));
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "charlstm cuda backend: ", name, " has shape ",
+              t.sizes(), ", expected ", at::IntArrayRef(shape));
   TORCH_CHECK(t.is_contiguous(), "charlstm cuda backend: ", name, " must be contiguous");
 }
 
@@ -51,8 +51,8 @@ const int* lengths_ptr(const c10::optional<Tensor>& lengths, const Tensor& like,
 void* stream_ptr(int64_t stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }
 
 void check_status(int status, const char* what) {
-  TORCH_CHECK(status == CHARLSTM_OK, "charlstm cuda backend: ", what, " failed: ",
-              charlstm_last_error());
+  TORCH_CHECK(status == CHARLSTM_OK, "charlstm cuda backend: ", what,
+              " failed: ", charlstm_last_error());
 }
 
 // forward(xproj, w_hh, h0, c0, lengths, stream, path) -> (hs, hT, cT, cs, gates, path_used)
@@ -110,10 +110,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, int64_t> forward(
 
 // backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, stream, path)
 //   -> (dgates, dh0, dc0, path_used)
-std::tuple<Tensor, Tensor, Tensor, int64_t> backward(
-    const Tensor& dhs, const Tensor& dhT, const Tensor& dcT, const Tensor& w_hh, const Tensor& c0,
-    const Tensor& cs, const Tensor& gates, const c10::optional<Tensor>& lengths, int64_t stream,
-    int64_t path) {
+std::tuple<Tensor, Tensor, Tensor, int64_t> backward(const Tensor& dhs, const Tensor& dhT,
+                                                     const Tensor& dcT, const Tensor& w_hh,
+                                                     const Tensor& c0, const Tensor& cs,
+                                                     const Tensor& gates,
+                                                     const c10::optional<Tensor>& lengths,
+                                                     int64_t stream, int64_t path) {
   TORCH_CHECK(dhs.is_cuda(), "charlstm cuda backend: dhs must be a CUDA tensor, got ",
               dhs.device());
   TORCH_CHECK(dhs.dim() == 3, "charlstm cuda backend: dhs must be [T, B, H], got ", dhs.sizes());
@@ -170,18 +172,11 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> backward(
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "charlstm persistent/stepwise LSTM recurrent-core kernels (compiled, not yet "
-            "verified on a GPU)";
+  m.doc() = "charlstm CUDA LSTM recurrent-core kernels (see csrc/launch.h)";
   m.def("forward", &forward, "recurrent core forward (see charlstm/backends/contract.py)",
         py::arg("xproj"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
         py::arg("stream"), py::arg("path"));
   m.def("backward", &backward, "recurrent core backward (see charlstm/backends/contract.py)",
         py::arg("dhs"), py::arg("dhT"), py::arg("dcT"), py::arg("w_hh"), py::arg("c0"),
         py::arg("cs"), py::arg("gates"), py::arg("lengths"), py::arg("stream"), py::arg("path"));
-  m.attr("PATH_AUTO") = static_cast<int>(CHARLSTM_PATH_AUTO);
-  m.attr("PATH_PERSISTENT") = static_cast<int>(CHARLSTM_PATH_PERSISTENT);
-  m.attr("PATH_STEPWISE") = static_cast<int>(CHARLSTM_PATH_STEPWISE);
-  m.attr("DTYPE_FLOAT32") = static_cast<int>(CHARLSTM_FLOAT32);
-  m.attr("DTYPE_FLOAT16") = static_cast<int>(CHARLSTM_FLOAT16);
-  m.attr("DTYPE_BFLOAT16") = static_cast<int>(CHARLSTM_BFLOAT16);
 }

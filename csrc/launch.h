@@ -7,7 +7,7 @@
  * The contract is the recurrent core of charlstm/backends/contract.py, one layer and one
  * direction for the whole sequence.  All tensors are dense, row-major (contiguous) and on the
  * current CUDA device; D is the dtype named by `dtype` (float32, float16 or bfloat16; float64 is
- * not supported by this backend).  Status: compiled, not yet verified on a GPU.
+ * not supported by this backend).
  */
 #ifndef CHARLSTM_LAUNCH_H
 #define CHARLSTM_LAUNCH_H
@@ -27,7 +27,10 @@ enum charlstm_dtype { CHARLSTM_FLOAT32 = 0, CHARLSTM_FLOAT16 = 1, CHARLSTM_BFLOA
  *                float16 and bfloat16; float32 runs PERSISTENT.
  * AUTO:          (each direction) PERSISTENT_TC for float16/bfloat16 with B >=
  *                CHARLSTM_TC_MIN_BATCH when its layout fits, else PERSISTENT when its grid fits
- *                on the device at once, else STEPWISE. */
+ *                on the device at once, else STEPWISE.
+ * While the stream is capturing a CUDA graph, AUTO runs STEPWISE and a forced PERSISTENT or
+ * PERSISTENT_TC is refused (CHARLSTM_ERR_PERSISTENT_UNFIT): the persistent paths need a
+ * cooperative launch, whose capture the runtime may refuse (launch_plan.h: choose_paths). */
 /* Batch from which AUTO runs the tensor-core paths: an estimate from arithmetic, NOT measured
  * (at B = 16, H = 768 the FMA matmul costs ~1.3 us per step per block, about one barrier; the
  * WMMA one ~0.1 us; below ~8 rows the 16-row WMMA tile is mostly padding). */
@@ -43,7 +46,8 @@ enum charlstm_path {
 enum charlstm_status {
   CHARLSTM_OK = 0,
   CHARLSTM_ERR_ARGS = 1,             /* bad sizes or dtype */
-  CHARLSTM_ERR_PERSISTENT_UNFIT = 2, /* PERSISTENT forced but the grid cannot be co-resident */
+  CHARLSTM_ERR_PERSISTENT_UNFIT = 2, /* a forced persistent path cannot run: the shape does not
+                                        fit, or the stream is capturing a CUDA graph */
   CHARLSTM_ERR_CUDA = 3              /* a CUDA runtime call failed */
 };
 
@@ -93,8 +97,9 @@ typedef struct charlstm_bwd_args {
 } charlstm_bwd_args;
 
 /* Enqueue the forward / backward on `stream`.  `path` is an enum charlstm_path; on success
- * *path_used (if not NULL) receives the path that ran (PERSISTENT or STEPWISE).  Returns an
- * enum charlstm_status; asynchronous kernel faults surface at the next synchronisation. */
+ * *path_used (if not NULL) receives the path that ran (PERSISTENT_TC, PERSISTENT or
+ * STEPWISE, never AUTO).  Returns an enum charlstm_status; asynchronous kernel faults surface
+ * at the next synchronisation. */
 int charlstm_lstm_forward(const charlstm_fwd_args* args, void* stream, int path, int* path_used);
 int charlstm_lstm_backward(const charlstm_bwd_args* args, void* stream, int path, int* path_used);
 

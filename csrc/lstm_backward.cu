@@ -1,28 +1,13 @@
-// Backward kernels of the charlstm recurrent core and their launcher.
-//
-// Status: compiled for sm_80/sm_90, not yet verified on a GPU.
-//
-// Column ownership: block i owns hidden units j0 .. j0+units-1 and keeps the columns
-// W_hh[:, j0:j0+units] (4H x units, stored transposed: units rows of 4H) in shared memory.
-// Iteration s = T-1 .. 0:
-//   dh_in[b, j] = (dz[s+1] @ W_hh)[b, j] for the block's j, reading all of dz[s+1] (float32,
-//   [B, 4H], written by every block at the previous iteration) from the exchange buffer
-//   dzbuf[(s+1)&1]; then the fused pointwise backward of the cell for (b, j), which needs only
-//   (b, j)-local saved values (gates[s], cs[s], cs[s-1] or c0, dhs[s], dc carried in dcbuf);
-//   it writes dgates[s] (dtype D) and dz[s] (float32) into dzbuf[s&1]; one grid barrier.
-// A final iteration s = -1 computes dh0 = dz[0] @ W_hh and dc0 = dc[0] * f[0].
-// Rows with s >= lengths[b] write dgates = 0; until a row's last active step its dh/dc are the
-// incoming dhT/dcT unchanged (exactly the reference's torch.where carry).
-// Stepwise path: the same iteration, one launch per s, W_hh^T read from global memory.
-// Tensor-core path (persistent_tc; AUTO for float16/bfloat16 from CHARLSTM_TC_MIN_BATCH rows):
-//   the same ownership and iteration with dh_in = dgates[s+1] @ W_hh[:, j] on WMMA
-//   (lstm_device.cuh: bwd_persistent_tc_body), i.e. on the gate gradients rounded to the input
-//   dtype -- the values this backward returns -- instead of the float32 dz of the FMA path.
+// The backward kernels of the LSTM recurrent core (one __global__ per path and dtype: dynamic
+// shared memory and a call to the body in fma_backward.cuh / tc_persistent.cuh) and the C entry
+// point charlstm_lstm_backward (launch.h), which runs them through run_direction
+// (launcher.cuh).
 #include <type_traits>
 
-#include "host_common.cuh"
+#include "fma_backward.cuh"
 #include "launch.h"
-#include "lstm_device.cuh"
+#include "launcher.cuh"
+#include "tc_persistent.cuh"
 
 namespace charlstm {
 
@@ -30,7 +15,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     bwd_persistent_kernel(BwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(16) unsigned char smem[];
-  bwd_persistent_body<T>(p, units, bb, stage_offset, smem);
+  bwd_persistent_body<T>(p, PersistentGeometry{units, bb, stage_offset}, smem);
 }
 
 template <typename T>
@@ -41,9 +26,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) bwd_persistent_tc_kernel(BwdParams<T> p, int units) {
+__global__ void __launch_bounds__(kThreads)
+    bwd_persistent_tc_kernel(BwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(128) unsigned char smem_tc[];
-  bwd_persistent_tc_body<T>(p, units, smem_tc);
+  bwd_persistent_tc_body<T>(p, PersistentGeometry{units, bb, stage_offset}, smem_tc);
 }
 
 template <typename T>
@@ -66,38 +52,25 @@ static int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int pat
   p.Tn = a->T;
   p.B = a->B;
   p.H = a->H;
+  DirectionKernels k;
+  k.persistent = reinterpret_cast<const void*>(&bwd_persistent_kernel<T>);
+  k.tc = nullptr;  // tensor cores: float16/bfloat16 only (never instantiated for float)
+  if constexpr (!std::is_same<T, float>::value)
+    k.tc = reinterpret_cast<const void*>(&bwd_persistent_tc_kernel<T>);
+  k.tc_kind = kTcBackward;
   const size_t rowbytes = (size_t)4 * a->H * sizeof(float);  // one staged row of dz
-
-  const void* tc_kernel = nullptr;  // tensor cores: float16/bfloat16 only (never instantiated
-  if constexpr (!std::is_same<T, float>::value)   // for float)
-    tc_kernel = reinterpret_cast<const void*>(&bwd_persistent_tc_kernel<T>);
-  bool done = false;
-  int tst = try_tensor_cores(tc_kernel != nullptr, tc_kernel, p, a->T, a->B, a->H, sizeof(T),
-                             kTcBackward, &path, "backward", stream, kThreads, used, &done);
-  if (tst != CHARLSTM_OK || done) return tst;
-  if (path != CHARLSTM_PATH_STEPWISE) {
-    bool launched = false;
-    int st = launch_persistent(reinterpret_cast<const void*>(&bwd_persistent_kernel<T>), p, p.counter, a->T,
-                               a->B, a->H, sizeof(T), rowbytes, path, "backward", stream, kThreads,
-                               &launched);
-    if (st != CHARLSTM_OK) return st;
-    if (launched) {
-      if (used) *used = CHARLSTM_PATH_PERSISTENT;
-      return CHARLSTM_OK;
-    }
-  }
-
-  StepPlan sp;
-  int st = plan_stepwise(a->B, a->H, rowbytes, &sp);
-  if (st != CHARLSTM_OK) return st;
-  for (int s = a->T - 1; s >= -1; --s) {
-    bwd_step_kernel<T><<<sp.grid, kThreads, sp.smem, stream>>>(p, s, sp.units, sp.rows,
-                                                               sp.stage_rows);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_fail(e, "backward: stepwise launch");
-  }
-  if (used) *used = CHARLSTM_PATH_STEPWISE;
-  return CHARLSTM_OK;
+  return run_direction(
+      "backward", k, &p, p.counter, a->T, a->B, a->H, sizeof(T), rowbytes, path, stream,
+      [&](const StepPlan& sp) {
+        for (int s = a->T - 1; s >= -1; --s) {
+          bwd_step_kernel<T><<<dim3(sp.grid_x, sp.grid_y), kThreads, sp.smem, stream>>>(
+              p, s, sp.units, sp.rows, sp.stage_rows);
+          const cudaError_t e = cudaGetLastError();
+          if (e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
+      },
+      used);
 }
 
 }  // namespace charlstm

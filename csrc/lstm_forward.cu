@@ -1,25 +1,13 @@
-// Forward kernels of the charlstm recurrent core and their launcher.
-//
-// Status: compiled for sm_80/sm_90, not yet verified on a GPU.
-//
-// Persistent path (one cooperative launch per layer and direction):
-//   block i owns hidden units j0 = i*units .. j0+units-1, i.e. the 4*units rows of W_hh
-//   (gates i, f, g, o of those units), copied once into shared memory and kept for all steps.
-//   Step t: stage h[t-1] (all B rows, in chunks of bb rows) from the global exchange buffer
-//   hbuf[t&1] into shared memory, z = xproj[t] + h[t-1] @ W_slice^T for the block's units
-//   (float32 FMA), gates, cell update and the write of h[t] into hbuf[(t+1)&1] -- all fused --
-//   then one grid barrier (lstm_device.cuh: grid_barrier) before step t+1.  The cell state of a
-//   (row, unit) pair never leaves its owner thread's hands: c[t-1] is re-read from cs[t-1], which
-//   that same thread wrote.
-// Stepwise path (fallback): the same fused step, one launch per t from a host loop; W_hh rows are
-//   read from global memory/L2; kernel boundaries order the steps.  Capturable in a CUDA graph.
-// AUTO: the tensor-core persistent forward for float16/bfloat16 at B >= CHARLSTM_TC_MIN_BATCH
-//   (launch.h) when its layout fits, else persistent when it fits, else stepwise.
+// The forward kernels of the LSTM recurrent core (one __global__ per path and dtype: dynamic
+// shared memory and a call to the body in fma_forward.cuh / tc_persistent.cuh) and the C entry
+// point charlstm_lstm_forward (launch.h), which runs them through run_direction
+// (launcher.cuh).
 #include <type_traits>
 
-#include "host_common.cuh"
+#include "fma_forward.cuh"
 #include "launch.h"
-#include "lstm_device.cuh"
+#include "launcher.cuh"
+#include "tc_persistent.cuh"
 
 namespace charlstm {
 
@@ -27,7 +15,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fwd_persistent_kernel(FwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(16) unsigned char smem[];
-  fwd_persistent_body<T>(p, units, bb, stage_offset, smem);
+  fwd_persistent_body<T>(p, PersistentGeometry{units, bb, stage_offset}, smem);
 }
 
 template <typename T>
@@ -38,9 +26,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) fwd_persistent_tc_kernel(FwdParams<T> p, int units) {
+__global__ void __launch_bounds__(kThreads)
+    fwd_persistent_tc_kernel(FwdParams<T> p, int units, int bb, unsigned stage_offset) {
   extern __shared__ __align__(128) unsigned char smem_tc[];
-  fwd_persistent_tc_body<T>(p, units, smem_tc);
+  fwd_persistent_tc_body<T>(p, PersistentGeometry{units, bb, stage_offset}, smem_tc);
 }
 
 template <typename T>
@@ -61,38 +50,25 @@ static int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path
   p.Tn = a->T;
   p.B = a->B;
   p.H = a->H;
+  DirectionKernels k;
+  k.persistent = reinterpret_cast<const void*>(&fwd_persistent_kernel<T>);
+  k.tc = nullptr;  // tensor cores: float16/bfloat16 only (never instantiated for float)
+  if constexpr (!std::is_same<T, float>::value)
+    k.tc = reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>);
+  k.tc_kind = kTcForward;
   const size_t rowbytes = (size_t)a->H * sizeof(T);  // one staged row of h
-
-  const void* tc_kernel = nullptr;  // tensor cores: float16/bfloat16 only (never instantiated
-  if constexpr (!std::is_same<T, float>::value)   // for float)
-    tc_kernel = reinterpret_cast<const void*>(&fwd_persistent_tc_kernel<T>);
-  bool done = false;
-  int tst = try_tensor_cores(tc_kernel != nullptr, tc_kernel, p, a->T, a->B, a->H, sizeof(T),
-                             kTcForward, &path, "forward", stream, kThreads, used, &done);
-  if (tst != CHARLSTM_OK || done) return tst;
-  if (path != CHARLSTM_PATH_STEPWISE) {
-    bool launched = false;
-    int st = launch_persistent(reinterpret_cast<const void*>(&fwd_persistent_kernel<T>), p, p.counter, a->T,
-                               a->B, a->H, sizeof(T), rowbytes, path, "forward", stream, kThreads,
-                               &launched);
-    if (st != CHARLSTM_OK) return st;
-    if (launched) {
-      if (used) *used = CHARLSTM_PATH_PERSISTENT;
-      return CHARLSTM_OK;
-    }
-  }
-
-  StepPlan sp;
-  int st = plan_stepwise(a->B, a->H, rowbytes, &sp);
-  if (st != CHARLSTM_OK) return st;
-  for (int t = 0; t < a->T; ++t) {
-    fwd_step_kernel<T><<<sp.grid, kThreads, sp.smem, stream>>>(p, t, sp.units, sp.rows,
-                                                               sp.stage_rows);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_fail(e, "forward: stepwise launch");
-  }
-  if (used) *used = CHARLSTM_PATH_STEPWISE;
-  return CHARLSTM_OK;
+  return run_direction(
+      "forward", k, &p, p.counter, a->T, a->B, a->H, sizeof(T), rowbytes, path, stream,
+      [&](const StepPlan& sp) {
+        for (int t = 0; t < a->T; ++t) {
+          fwd_step_kernel<T><<<dim3(sp.grid_x, sp.grid_y), kThreads, sp.smem, stream>>>(
+              p, t, sp.units, sp.rows, sp.stage_rows);
+          const cudaError_t e = cudaGetLastError();
+          if (e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
+      },
+      used);
 }
 
 }  // namespace charlstm

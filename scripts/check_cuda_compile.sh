@@ -4,7 +4,9 @@
 #     errors (host and device), register spills / local memory use reported as errors;
 #   * csrc/bindings.cpp with the host compiler against the installed torch's headers,
 #     pybind11 and Python (-fsyntax-only, -Wall -Wextra -Werror on our code; torch headers are
-#     -isystem), in C++17 and C++20 (torch 2.11 .. 2.13 build extensions with one or the other).
+#     -isystem), in C++17 and C++20 (torch 2.11 .. 2.13 build extensions with one or the other);
+#   * csrc/launch_plan.h alone with the host compiler and no CUDA headers (the launch planning
+#     is plain C++, shared by the launchers and the host emulator).
 # Exits non-zero if any compile fails.  Two jobs at a time (CHECK_JOBS to change).
 # Usage: bash scripts/check_cuda_compile.sh
 set -uo pipefail
@@ -44,6 +46,7 @@ for cu in csrc/*.cu; do
     echo "$NVCC -std=$std $* -O3 -lineinfo -gencode=arch=compute_$arch,code=sm_$arch -Icsrc -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -Xptxas -warn-spills,-warn-lmem-usage -c $cu -o $OUT/${name}_sm$arch.o" >> "$jobs_file"
   done
 done
+echo "echo '#include \"launch_plan.h\"' | $CXX -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Icsrc -x c++ -" >> "$jobs_file"
 for std in c++17 c++20; do
   echo "$CXX -std=$std -fsyntax-only -Wall -Wextra -Werror -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -Icsrc $INCLUDES csrc/bindings.cpp" >> "$jobs_file"
 done

@@ -82,7 +82,7 @@ def test_missing_nvcc_is_a_clear_reason(monkeypatch):
 def test_jit_sources_are_the_csrc_files():
     srcs = [Path(s).name for s in build.sources()]
     assert build.csrc_dir() == CSRC
-    assert "bindings.cpp" in srcs and "lstm_forward.cu" in srcs and "lstm_backward.cu" in srcs
+    assert {"bindings.cpp", "launcher.cu", "lstm_forward.cu", "lstm_backward.cu"} <= set(srcs)
     assert srcs == sorted(p.name for p in CSRC.glob("*.cu")) + sorted(p.name for p in CSRC.glob("*.cpp"))
 
 
@@ -135,9 +135,8 @@ def test_build_flags_default_archs(monkeypatch):
     for cc in ("80", "86", "89", "90"):
         assert f"-gencode=arch=compute_{cc},code=sm_{cc}" in nvcc
     assert "--use_fast_math" not in nvcc and "cxx" in kw["extra_compile_args"]
-    extra = build_flags.extension_kwargs(environ={}, extra_archs=["9.0", "10.0"])
-    assert extra["extra_compile_args"]["nvcc"].count("-gencode=arch=compute_90,code=sm_90") == 1
-    assert "-gencode=arch=compute_100,code=sm_100" in extra["extra_compile_args"]["nvcc"]
+    one = build_flags.extension_kwargs(environ={}, archs=["9.0", "9.0"])["extra_compile_args"]["nvcc"]
+    assert [f for f in one if "arch" in f] == ["-gencode=arch=compute_90,code=sm_90"]
 
 
 def test_build_flags_honour_torch_cuda_arch_list():
@@ -184,72 +183,6 @@ def test_last_path_records_per_direction():
     paths.record("forward", "persistent")
     paths.record("backward", "stepwise")
     assert cuda_backend.last_path() == {"forward": "persistent", "backward": "stepwise"}
-
-
-# =============================================================== CPU: host emulation of the kernels
-def _cuda_include_dir():
-    """The CUDA toolkit's include folder (for cuda_fp16.h etc.), or None."""
-    cands = []
-    nvcc = build.nvcc_path()
-    if nvcc:
-        cands.append(Path(nvcc).resolve().parent.parent / "include")
-    cands += [Path("/usr/local/cuda/include")]
-    for c in cands:
-        if (c / "cuda_fp16.h").exists() and (c / "cuda_runtime.h").exists():
-            return c
-    return None
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """csrc/emu/emu_main.cpp built with the host compiler: the real device code of
-    csrc/lstm_device.cuh run with one std::thread per CUDA thread (see csrc/emu/emu_shim.h)."""
-    import shutil
-    import subprocess
-    cxx = shutil.which("g++") or shutil.which("c++")
-    inc = _cuda_include_dir()
-    if cxx is None or inc is None:
-        pytest.skip("needs a C++20 host compiler and the CUDA toolkit headers")
-    exe = tmp_path_factory.mktemp("emu") / "emu"
-    # 64 threads (2 warps) per block instead of 256: the same code, a quarter of the threads.
-    cmd = [cxx, "-std=c++20", "-O1", "-pthread", f"-I{inc}", "-DCHARLSTM_BLOCK_THREADS=64",
-           "-Wall", "-Wextra", "-Werror",
-           "-Wno-unknown-pragmas", str(CSRC / "emu" / "emu_main.cpp"), "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return exe
-
-
-# (dtype, T, B, H, packed, path, a1, a2, a3): persistent a1=SMs a2=smem bytes; stepwise
-# a1=units a2=rows a3=staged rows (0: read global).  Small smem budgets force chunked staging.
-EMU_CASES = [
-    ("f32", 1, 1, 1, 0, "persistent", 4, 100000, 0),
-    ("f32", 4, 9, 20, 1, "persistent", 6, 1700, 0),       # staged in chunks fwd (5) and bwd (1)
-    ("f16", 6, 5, 33, 1, "persistent", 4, 3000, 0),
-    ("bf16", 5, 3, 40, 1, "persistent", 5, 100000, 0),
-    ("f32", 3, 2, 100, 0, "persistent", 2, 100000, 0),    # 50 units per block
-    ("f32", 5, 9, 20, 1, "stepwise", 8, 16, 0),           # no staging
-    ("f16", 5, 9, 20, 1, "stepwise", 3, 4, 3),            # several row blocks, ragged chunks
-    ("bf16", 3, 9, 24, 1, "stepwise", 8, 8, 2),
-    ("f32", 1, 3, 5, 1, "stepwise", 8, 16, 16),
-    # WMMA forward and backward:
-    ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0),      # K split over warps
-    ("bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0),    # two 16-row chunks, padded M and K
-    ("f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0),     # ragged last chunk, 3 blocks
-    ("bf16", 4, 8, 40, 0, "persistent_tc", 1, 100000, 0),     # one block: bwd M = 40 (3 tiles)
-]
-
-
-@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: "-".join(map(str, c[:6])))
-def test_kernel_code_in_host_emulation_matches_contract(emulator, case):
-    """Every output of both paths (forward and backward) against a double-precision
-    implementation of the contract, NaN-filled outputs so that an unwritten element fails,
-    inactive rows exactly 0.  Checks indexing, staging, work division and the barrier logic;
-    not the GPU memory model (see csrc/emu/emu_shim.h)."""
-    import subprocess
-    res = subprocess.run([str(emulator), *map(str, case)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("\nok   ") + res.stdout.startswith("ok   ") == 8, res.stdout
 
 
 # =============================================================== GPU tests

@@ -1,31 +1,50 @@
 // Host emulator for the charlstm kernels (see emu_shim.h): runs the real device code of
-// csrc/lstm_device.cuh -- the persistent bodies with all blocks concurrently (grid barrier
-// included), or the stepwise bodies one step at a time -- on random inputs, and compares every
-// output with a straightforward double-precision implementation of the contract
-// (charlstm/backends/contract.py, as charlstm/backends/reference.py computes it: h rounded to
-// the input dtype each step, c in float, inactive rows keep state and write zeros).
+// csrc/*.cuh -- the persistent bodies with all blocks concurrently (grid barrier included), or
+// the stepwise bodies one step at a time -- on random inputs, and compares every output with a
+// double-precision implementation of the contract (emu_reference.h).  The launch
+// geometry comes from the launchers' own planning code (csrc/launch_plan.h) fed with emulated
+// device limits.
 //
-// Usage: emu DTYPE T B H PACKED PATH [SMS SMEM | UNITS ROWS STAGE_ROWS]
-//   DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the WMMA
-//   forward and backward with SMS emulated SMs).
-//   persistent: SMS (emulated SM count) and SMEM (shared memory bytes per block): the launch
-//               plan follows host_common.cu (units = ceil(H/SMS), bb rows per staged chunk).
-//   stepwise:   UNITS per block, ROWS per block, STAGE_ROWS staged per chunk (0: none).
-// Prints one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad usage.
-// Test-only (tests/test_cuda_backend.py compiles and runs it); not part of the extension.
+// Usage:
+//   emu DTYPE T B H PACKED PATH A1 A2 A3
+//     DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the
+//     WMMA forward and backward).
+//     persistent, persistent_tc: A1 emulated SMs, A2 shared memory bytes per block (A3 unused):
+//                 plan_persistent_layout decides units per block and staged rows.
+//     stepwise:   A1 units and A2 rows per block, A3 shared memory bytes for staging:
+//                 plan_stepwise decides the staged rows.
+//   emu paths PATH CAPTURING HALF B
+//     prints the paths choose_paths tries for a request, in order, or why it refuses.
+//   emu plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC
+//     prints the persistent plan for a device with SMS SMs, SMEM bytes of shared memory per
+//     block and compute capability CC (e.g. 90), or why the shape does not fit.
+// Prints the plan and one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad
+// usage or a plan that does not fit, 3 on a broken WMMA rule (emu_shim.h).
+// Test-only (tests/test_cuda_emulator.py compiles and runs it); not part of the extension.
 #include "emu_shim.h"
+#include "emu_reference.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <new>
 #include <random>
 #include <string>
+#include <type_traits>
 
-#include "../lstm_device.cuh"
+#include "../fma_backward.cuh"
+#include "../fma_forward.cuh"
+#include "../launch_plan.h"
+#include "../tc_persistent.cuh"
 
 using namespace charlstm;
+using emu::compare;
+using emu::fromf;
+using emu::nan_vec;
+using emu::Ref;
+using emu::reference;
 
 namespace {
 
@@ -38,10 +57,17 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
             const std::function<void(int, unsigned char*)>& body) {
   const int nblocks = (int)(grid.x * grid.y);
   std::vector<std::unique_ptr<emu::Block>> blocks;
-  std::vector<std::vector<double>> smem;
+  // Dynamic shared memory per block: 128-byte aligned like the kernels' declaration, filled
+  // with 0xFF bytes (NaN in every float type), so a read of anything never written shows.
+  struct Free {
+    void operator()(unsigned char* q) const { ::operator delete[](q, std::align_val_t(128)); }
+  };
+  std::vector<std::unique_ptr<unsigned char[], Free>> smem;
   for (int b = 0; b < nblocks; ++b) {
     blocks.emplace_back(new emu::Block(kThreads));
-    smem.emplace_back(smem_bytes / sizeof(double) + 2, std::numeric_limits<double>::quiet_NaN());
+    auto* q = static_cast<unsigned char*>(::operator new[](smem_bytes + 16, std::align_val_t(128)));
+    std::memset(q, 0xFF, smem_bytes + 16);
+    smem.emplace_back(q);
   }
   auto start_block = [&](int b, int i, std::vector<std::thread>& threads) {
     for (int tid = 0; tid < kThreads; ++tid) {
@@ -51,7 +77,7 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
         blockDim = dim3(kThreads);
         gridDim = grid;
         emu::block = blocks[b].get();
-        body(i, reinterpret_cast<unsigned char*>(smem[b].data()));
+        body(i, smem[b].get());
       });
     }
   };
@@ -70,124 +96,6 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
   }
 }
 
-// ------------------------------------------------------------------ dtype helpers (host)
-float tof(float x) { return x; }
-float tof(__half x) { return __half2float(x); }
-float tof(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> T fromf(float x);
-template <> float fromf<float>(float x) { return x; }
-template <> __half fromf<__half>(float x) { return __float2half_rn(x); }
-template <> __nv_bfloat16 fromf<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T>
-std::vector<T> nan_vec(size_t n) {
-  return std::vector<T>(n, fromf<T>(std::numeric_limits<float>::quiet_NaN()));
-}
-
-// ------------------------------------------------------------------ reference (double)
-struct Ref {
-  std::vector<double> hs, hT, cT, cs, gates, dgates, dh0, dc0;
-};
-
-double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
-template <typename T>
-Ref reference(int Tn, int B, int H, const std::vector<T>& x, const std::vector<T>& w,
-              const std::vector<T>& h0, const std::vector<T>& c0, const std::vector<int>* len,
-              const std::vector<T>& dhs, const std::vector<T>& dhT, const std::vector<T>& dcT) {
-  const int G = 4 * H;
-  Ref r;
-  r.hs.assign((size_t)Tn * B * H, 0);
-  r.cs.assign((size_t)Tn * B * H, 0);
-  r.gates.assign((size_t)Tn * B * G, 0);
-  std::vector<double> h(B * H), c(B * H);
-  for (int i = 0; i < B * H; ++i) h[i] = tof(h0[i]), c[i] = tof(c0[i]);
-  for (int t = 0; t < Tn; ++t) {
-    std::vector<double> hn(h), cn(c);
-    for (int b = 0; b < B; ++b) {
-      const bool act = !len || t < (*len)[b];
-      for (int j = 0; j < H; ++j) {
-        double z[4];
-        for (int g = 0; g < 4; ++g) {
-          double s = tof(x[((size_t)t * B + b) * G + g * H + j]);
-          for (int k = 0; k < H; ++k) s += (double)tof(w[(size_t)(g * H + j) * H + k]) * h[b * H + k];
-          z[g] = s;
-        }
-        const double ig = sig(z[0]), fg = sig(z[1]), gg = std::tanh(z[2]), og = sig(z[3]);
-        const double cnew = fg * c[b * H + j] + ig * gg;
-        const double hnew = tof(fromf<T>((float)(og * std::tanh(cnew))));
-        double* gr = &r.gates[((size_t)t * B + b) * G];
-        gr[j] = ig, gr[H + j] = fg, gr[2 * H + j] = gg, gr[3 * H + j] = og;
-        if (act) hn[b * H + j] = hnew, cn[b * H + j] = cnew;
-        r.hs[((size_t)t * B + b) * H + j] = act ? hnew : 0.0;
-        r.cs[((size_t)t * B + b) * H + j] = cn[b * H + j];
-      }
-    }
-    h = hn, c = cn;
-  }
-  r.hT = h, r.cT = c;
-  for (auto& v : r.cT) v = tof(fromf<T>((float)v));
-  // backward
-  r.dgates.assign((size_t)Tn * B * G, 0);
-  std::vector<double> dh(B * H), dc(B * H);
-  for (int i = 0; i < B * H; ++i) dh[i] = tof(dhT[i]), dc[i] = tof(dcT[i]);
-  for (int t = Tn - 1; t >= 0; --t) {
-    std::vector<double> dz((size_t)B * G, 0.0), dcn(dc);
-    for (int b = 0; b < B; ++b) {
-      for (int j = 0; j < H; ++j) {
-        const double* gr = &r.gates[((size_t)t * B + b) * G];
-        const double ig = gr[j], fg = gr[H + j], gg = gr[2 * H + j], og = gr[3 * H + j];
-        const double ct = r.cs[((size_t)t * B + b) * H + j];
-        const double cp = t > 0 ? r.cs[((size_t)(t - 1) * B + b) * H + j] : tof(c0[b * H + j]);
-        const double tc = std::tanh(ct);
-        const double dht = dh[b * H + j] + tof(dhs[((size_t)t * B + b) * H + j]);
-        const double dct = dc[b * H + j] + dht * og * (1 - tc * tc);
-        double* d = &dz[(size_t)b * G];
-        d[j] = dct * gg * ig * (1 - ig);
-        d[H + j] = dct * cp * fg * (1 - fg);
-        d[2 * H + j] = dct * ig * (1 - gg * gg);
-        d[3 * H + j] = dht * tc * og * (1 - og);
-        dcn[b * H + j] = dct * fg;
-      }
-    }
-    for (int b = 0; b < B; ++b) {
-      const bool act = !len || t < (*len)[b];
-      if (!act) continue;
-      for (int k = 0; k < H; ++k) {
-        double s = 0;
-        for (int rr = 0; rr < G; ++rr) s += dz[(size_t)b * G + rr] * tof(w[(size_t)rr * H + k]);
-        dh[b * H + k] = s;
-        dc[b * H + k] = dcn[b * H + k];
-      }
-      for (int rr = 0; rr < G; ++rr) r.dgates[((size_t)t * B + b) * G + rr] = dz[(size_t)b * G + rr];
-    }
-  }
-  r.dh0 = dh, r.dc0 = dc;
-  return r;
-}
-
-// ------------------------------------------------------------------ comparison
-int failures = 0;
-
-template <typename V>
-void compare(const char* name, const V& got, const std::vector<double>& want, double tol,
-             const std::vector<char>* exact_zero = nullptr) {
-  double maxerr = 0, scale = 1;
-  size_t bad = 0, nonzero = 0;
-  for (size_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::fabs(want[i]));
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double g = tof(got[i]);
-    const double e = std::fabs(g - want[i]);
-    if (!(e <= tol * scale)) ++bad;  // NaN (never written) counts as bad
-    if (std::isfinite(e)) maxerr = std::max(maxerr, e);
-    if (exact_zero && (*exact_zero)[i] && g != 0.0) ++nonzero;
-  }
-  const bool ok = bad == 0 && nonzero == 0;
-  failures += !ok;
-  std::printf("%s %-7s max_abs_err %.3g (tol %.3g) bad %zu inactive_nonzero %zu\n",
-              ok ? "ok  " : "FAIL", name, maxerr, tol * scale, bad, nonzero);
-}
-
 template <typename T>
 int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int a2, int a3,
         double tol) {
@@ -199,7 +107,8 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
     for (auto& e : v) e = fromf<T>(nd(rng) * scale);
     return v;
   };
-  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f), w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
+  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f),
+                 w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
   std::vector<T> h0 = rnd((size_t)B * H, 0.5f), c0 = rnd((size_t)B * H, 0.5f);
   std::vector<T> dhs = rnd((size_t)Tn * B * H, 1.0f), dhT = rnd((size_t)B * H, 1.0f),
                  dcT = rnd((size_t)B * H, 1.0f);
@@ -220,60 +129,82 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
   std::vector<float> dzbuf((size_t)2 * B * G, NAN), dcbuf((size_t)B * H, NAN);
   unsigned counter = 0;
 
-  FwdParams<T> fp{x.data(), w.data(), h0.data(), c0.data(), packed ? lengths.data() : nullptr,
-                  hs.data(), hT.data(), cT.data(), cs.data(), gates.data(), hbuf.data(),
-                  &counter, Tn, B, H};
-  BwdParams<T> bp{dhs.data(), dhT.data(), dcT.data(), wt.data(), c0.data(), cs.data(),
-                  gates.data(), packed ? lengths.data() : nullptr, dgates.data(), dh0.data(),
-                  dc0.data(), dzbuf.data(), dcbuf.data(), &counter, Tn, B, H};
+  FwdParams<T> fp{x.data(),    w.data(),  h0.data(), c0.data(), packed ? lengths.data() : nullptr,
+                  hs.data(),   hT.data(), cT.data(), cs.data(), gates.data(),
+                  hbuf.data(), &counter,  Tn,        B,         H};
+  BwdParams<T> bp{dhs.data(),
+                  dhT.data(),
+                  dcT.data(),
+                  wt.data(),
+                  c0.data(),
+                  cs.data(),
+                  gates.data(),
+                  packed ? lengths.data() : nullptr,
+                  dgates.data(),
+                  dh0.data(),
+                  dc0.data(),
+                  dzbuf.data(),
+                  dcbuf.data(),
+                  &counter,
+                  Tn,
+                  B,
+                  H};
 
-  if (tc) {  // tensor cores (WMMA) in both directions
-    const int sms = a1;
-    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
-    const TcLayout L = tc_layout(H, units, sizeof(T)), LB = tc_bwd_layout(H, units, sizeof(T));
-    std::printf("persistent_tc fwd: %d blocks x %d units, mpad %d kpad %d nsplit %d\n", blocks,
-                units, L.mpad, L.kpad, L.nsplit);
-    counter = 0;
-    launch(dim3(blocks), L.total(), 1,
-           [&](int, unsigned char* sm) { fwd_persistent_tc_body<T>(fp, units, sm); });
-    std::printf("persistent_tc bwd: mpad %d kpad %d nsplit %d\n", LB.mpad, LB.kpad, LB.nsplit);
-    counter = 0;
-    launch(dim3(blocks), LB.total(), 1,
-           [&](int, unsigned char* sm) { bwd_persistent_tc_body<T>(bp, units, sm); });
-  } else if (persistent) {
-    const int sms = a1;
-    const size_t smem_budget = (size_t)a2;
-    const int units = (H + sms - 1) / sms, blocks = (H + units - 1) / units;
+  // The two directions' plans and bodies: the same calls as lstm_forward.cu/lstm_backward.cu.
+  const size_t rowbytes[2] = {H * sizeof(T), G * sizeof(float)};  // a staged h / dz row
+  if (persistent) {
+    const DeviceLimits dev{0, 90, a1, a2, true};  // an sm_90 with a1 SMs
+    const TcKind kinds[2] = {tc ? kTcForward : kTcNone, tc ? kTcBackward : kTcNone};
     for (int dir = 0; dir < 2; ++dir) {
-      const size_t rowbytes = dir == 0 ? H * sizeof(T) : G * sizeof(float);
-      const size_t wbytes = ((size_t)4 * units * H * sizeof(T) + 15) & ~(size_t)15;
-      if (wbytes + rowbytes > smem_budget) {
-        std::printf("persistent plan does not fit in %zu bytes\n", smem_budget);
+      PersistentPlan pl;
+      plan_persistent_layout(dev, Tn, B, H, sizeof(T), rowbytes[dir], kinds[dir], &pl);
+      if (!pl.ok) {
+        std::printf("persistent plan does not fit: %s\n", pl.why);
         return 2;
       }
-      size_t bb = std::min<size_t>({(smem_budget - wbytes) / rowbytes, (size_t)B, 64});
-      std::printf("persistent %s: %d blocks x %d units, bb %zu\n", dir ? "bwd" : "fwd", blocks,
-                  units, bb);
+      const PersistentGeometry g = pl.geom;
+      std::printf("%s %s: %d blocks x %d units, bb %d, smem %zu",
+                  tc ? "persistent_tc" : "persistent", dir ? "bwd" : "fwd", pl.blocks, g.units,
+                  g.bb, pl.smem);
+      if (tc) {
+        const TcLayout L =
+            dir ? tc_bwd_layout(H, g.units, sizeof(T)) : tc_layout(H, g.units, sizeof(T));
+        std::printf(", mpad %d kpad %d ld %d nsplit %d", L.mpad, L.kpad, L.ld, L.nsplit);
+      }
+      std::printf("\n");
       counter = 0;
-      if (dir == 0)
-        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
-          fwd_persistent_body<T>(fp, units, (int)bb, (unsigned)wbytes, sm);
-        });
-      else
-        launch(dim3(blocks), wbytes + bb * rowbytes, 1, [&](int, unsigned char* sm) {
-          bwd_persistent_body<T>(bp, units, (int)bb, (unsigned)wbytes, sm);
-        });
+      launch(dim3(pl.blocks), pl.smem, 1, [&](int, unsigned char* sm) {
+        if constexpr (!std::is_same_v<T, float>) {  // tensor cores: 16-bit types only
+          if (tc && dir == 0) fwd_persistent_tc_body<T>(fp, g, sm);
+          if (tc && dir == 1) bwd_persistent_tc_body<T>(bp, g, sm);
+        }
+        if (!tc && dir == 0) fwd_persistent_body<T>(fp, g, sm);
+        if (!tc && dir == 1) bwd_persistent_body<T>(bp, g, sm);
+      });
     }
   } else {
-    const int units = a1, rows = a2, stage = a3;
-    dim3 grid((H + units - 1) / units, (B + rows - 1) / rows);
-    std::printf("stepwise: grid %u x %u, units %d rows %d stage_rows %d\n", grid.x, grid.y, units,
-                rows, stage);
-    launch(grid, (size_t)stage * H * sizeof(T), Tn,
-           [&](int t, unsigned char* sm) { fwd_step_body<T>(fp, t, units, rows, stage, sm); });
-    launch(grid, (size_t)stage * G * sizeof(float), Tn + 1, [&](int i, unsigned char* sm) {
-      bwd_step_body<T>(bp, Tn - 1 - i, units, rows, stage, sm);
-    });
+    StepLimits lim;
+    lim.units = a1;
+    lim.rows = a2;
+    lim.smem = (size_t)a3;
+    for (int dir = 0; dir < 2; ++dir) {
+      StepPlan sp;
+      plan_stepwise(B, H, rowbytes[dir], lim, &sp);
+      if (!sp.ok) {
+        std::printf("stepwise plan: %s\n", sp.why);
+        return 2;
+      }
+      std::printf("stepwise %s: grid %u x %u, units %d rows %d stage_rows %d\n",
+                  dir ? "bwd" : "fwd", sp.grid_x, sp.grid_y, sp.units, sp.rows, sp.stage_rows);
+      if (dir == 0)
+        launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn, [&](int t, unsigned char* sm) {
+          fwd_step_body<T>(fp, t, sp.units, sp.rows, sp.stage_rows, sm);
+        });
+      else
+        launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn + 1, [&](int i, unsigned char* sm) {
+          bwd_step_body<T>(bp, Tn - 1 - i, sp.units, sp.rows, sp.stage_rows, sm);
+        });
+    }
   }
 
   Ref r = reference<T>(Tn, B, H, x, w, h0, c0, packed ? &lengths : nullptr, dhs, dhT, dcT);
@@ -284,25 +215,80 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
         std::fill_n(&inactive_h[((size_t)t * B + b) * H], H, 1);
         std::fill_n(&inactive_g[((size_t)t * B + b) * G], G, 1);
       }
-  compare("hs", hs, r.hs, tol, &inactive_h);
-  compare("hT", hT, r.hT, tol);
-  compare("cT", cT, r.cT, tol);
-  compare("cs", cs, r.cs, tol);
-  compare("gates", gates, r.gates, tol);
-  compare("dgates", dgates, r.dgates, tol * 4, &inactive_g);
-  compare("dh0", dh0, r.dh0, tol * 4);
-  compare("dc0", dc0, r.dc0, tol * 4);
-  return failures ? 1 : 0;
+  bool ok = compare("hs", hs, r.hs, tol, &inactive_h);
+  ok &= compare("hT", hT, r.hT, tol);
+  ok &= compare("cT", cT, r.cT, tol);
+  ok &= compare("cs", cs, r.cs, tol);
+  ok &= compare("gates", gates, r.gates, tol);
+  ok &= compare("dgates", dgates, r.dgates, tol * 4, &inactive_g);
+  ok &= compare("dh0", dh0, r.dh0, tol * 4);
+  ok &= compare("dc0", dc0, r.dc0, tol * 4);
+  return ok ? 0 : 1;
+}
+
+// `emu plan KIND T B H ELEM SMS SMEM CC`: the launchers' persistent plan (KIND fma_fwd,
+// fma_bwd, tc_fwd or tc_bwd; ELEM bytes per element; CC compute capability as 80, 90, ...).
+int print_plan(int argc, char** argv) {
+  if (argc != 10) return 2;
+  const std::string kind = argv[2];
+  const int Tn = std::atoi(argv[3]), B = std::atoi(argv[4]), H = std::atoi(argv[5]);
+  const size_t elem = (size_t)std::atoi(argv[6]);
+  const DeviceLimits dev{0, std::atoi(argv[9]), std::atoi(argv[7]), std::atoi(argv[8]), true};
+  TcKind tc = kTcNone;
+  size_t rowbytes = 0;
+  if (kind == "fma_fwd")
+    rowbytes = H * elem;
+  else if (kind == "fma_bwd")
+    rowbytes = 4 * (size_t)H * sizeof(float);
+  else if (kind == "tc_fwd")
+    tc = kTcForward;
+  else if (kind == "tc_bwd")
+    tc = kTcBackward;
+  else
+    return 2;
+  PersistentPlan pl;
+  plan_persistent_layout(dev, Tn, B, H, elem, rowbytes, tc, &pl);
+  if (!pl.ok) {
+    std::printf("unfit: %s\n", pl.why);
+    return 0;
+  }
+  std::printf("ok: %d blocks x %d units, bb %d, smem %zu\n", pl.blocks, pl.geom.units, pl.geom.bb,
+              pl.smem);
+  return 0;
+}
+
+// `emu paths PATH CAPTURING HALF B`: the launchers' choice of paths for a request.
+int print_paths(int argc, char** argv) {
+  if (argc != 6) return 2;
+  const std::string name = argv[2];
+  int requested = -1;
+  for (int p = CHARLSTM_PATH_AUTO; p <= CHARLSTM_PATH_PERSISTENT_TC; ++p)
+    if (name == path_name(p)) requested = p;
+  if (requested < 0) return 2;
+  const PathChoice c =
+      choose_paths(requested, std::atoi(argv[3]) != 0, std::atoi(argv[4]) != 0, std::atoi(argv[5]));
+  if (!c.ok) {
+    std::printf("refused: %s\n", c.why);
+    return 0;
+  }
+  std::printf("paths:");
+  for (int i = 0; i < c.n; ++i) std::printf(" %s", path_name(c.paths[i]));
+  std::printf("\n");
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "paths") return print_paths(argc, argv);
+  if (argc >= 2 && std::string(argv[1]) == "plan") return print_plan(argc, argv);
   if (argc != 10) {
     std::fprintf(stderr,
                  "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise|persistent_tc "
-                 "(SMS SMEM 0 | UNITS ROWS STAGE_ROWS)\n",
-                 argv[0]);
+                 "(SMS SMEM 0 | UNITS ROWS SMEM)\n"
+                 "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n"
+                 "       %s plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n",
+                 argv[0], argv[0], argv[0]);
     return 2;
   }
   const std::string dt = argv[1], path = argv[6];

@@ -1,5 +1,5 @@
-// Host emulation of the CUDA built-ins that csrc/lstm_device.cuh uses, so that its kernel
-// bodies can run on a CPU with one std::thread per CUDA thread: __syncthreads is a std::barrier
+// Host emulation of the CUDA built-ins that the device code of csrc/*.cuh uses, so that its
+// kernel bodies can run on a CPU with one std::thread per CUDA thread: __syncthreads is a std::barrier
 // over the block, __shfl_xor_sync a 32-thread exchange through a per-warp slot array, the grid
 // barrier's acquire/release atomics are real atomics.  This checks indexing, work division,
 // staging, the barrier protocol (a logic error deadlocks or races; run under ThreadSanitizer),
@@ -8,6 +8,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -90,7 +93,14 @@ using std::min;
 // WMMA (m16n16k16) by its documented semantics, not its register layout: each lane holds the
 // whole tile (the API's fragment layout is opaque, so code that only loads, multiplies and
 // stores fragments cannot depend on it).  Stores are done by lane 0 (a warp-collective store
-// of identical values).  Alignment and ldm rules are NOT checked here.
+// of identical values).  Loads of 16-bit tiles check what the hardware requires or what makes
+// them slow, and end the process (exit code 3) with a message when a rule is broken:
+//   * the pointer is 32-byte aligned and ldm a multiple of 8 elements (16 bytes) -- the WMMA
+//     rules for 16-bit types (the emulator's shared memory is 128-byte aligned, like the
+//     kernels' dynamic shared memory declaration);
+//   * no shared-memory bank conflicts in the ldmatrix model of a fragment load: each group of
+//     8 rows (16 bytes per row and wavefront) must fall in 8 different 16-byte bank groups of
+//     the 128-byte bank space, i.e. the row stride in 16-byte units must be odd.
 namespace nvcuda {
 namespace wmma {
 struct row_major {};
@@ -109,15 +119,42 @@ inline float emu_tof(float v) { return v; }
 inline float emu_tof(__half v) { return __half2float(v); }
 inline float emu_tof(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+[[noreturn]] inline void emu_wmma_fault(const char* what, const void* p, unsigned ldm) {
+  std::fprintf(stderr, "emu: WMMA load breaks a rule: %s (address %p, ldm %u)\n", what, p, ldm);
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+// The checks above for a 16-row tile of 16-bit elements, row r at p + r * ldm.
+template <class T>
+inline void emu_check_tile_load(const T* p, unsigned ldm) {
+  static_assert(sizeof(T) == 2, "the checks are written for 16-bit tiles");
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0)
+    emu_wmma_fault("pointer not 32-byte aligned", p, ldm);
+  if (ldm % 8 != 0) emu_wmma_fault("ldm not a multiple of 8 elements", p, ldm);
+  for (int r0 = 0; r0 < 16; r0 += 8) {
+    unsigned used = 0;  // bit g: bank group g (16 bytes of the 128-byte bank space) taken
+    for (int r = r0; r < r0 + 8; ++r) {
+      const unsigned g =
+          (unsigned)((reinterpret_cast<std::uintptr_t>(p + (size_t)r * ldm) / 16) % 8);
+      if (used & (1u << g))
+        emu_wmma_fault("shared-memory bank conflict between fragment rows", p, ldm);
+      used |= 1u << g;
+    }
+  }
+}
+
 template <class T>
 inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const T* p,
                              unsigned ldm) {
+  emu_check_tile_load(p, ldm);
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = emu_tof(p[(size_t)r * ldm + c]);
 }
 template <class T>
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, const T* p,
                              unsigned ldm) {  // element (k, n) at p[n * ldm + k]
+  emu_check_tile_load(p, ldm);
   for (int k = 0; k < 16; ++k)
     for (int n = 0; n < 16; ++n) f.x[k * 16 + n] = emu_tof(p[(size_t)n * ldm + k]);
 }

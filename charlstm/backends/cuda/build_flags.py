@@ -5,8 +5,9 @@ nothing from the package and nothing but the standard library) and by :mod:`.bui
 build with ninja on first use).
 
 Target architectures: ``TORCH_CUDA_ARCH_LIST`` when set (torch parses it, names such as
-``Hopper`` and ``+PTX`` included); otherwise :data:`DEFAULT_ARCHS` (sm_80, sm_86, sm_89, sm_90),
-passed as explicit ``-gencode`` flags so that torch does not add its own.  The kernels need
+``Hopper`` and ``+PTX`` included); otherwise the ``archs`` the caller names (the JIT build: the
+current GPU's) or :data:`DEFAULT_ARCHS` (sm_80, sm_86, sm_89, sm_90; ``setup.py``), passed as
+explicit ``-gencode`` flags so that torch does not add its own.  The kernels need
 sm_70 or newer (``ld.acquire``, ``__nanosleep``).
 """
 from __future__ import annotations
@@ -43,17 +44,15 @@ def gencode_flags(archs: Iterable[str]) -> list:
 
 
 def extension_kwargs(environ: Optional[Mapping[str, str]] = None,
-                     extra_archs: Iterable[str] = ()) -> dict:
+                     archs: Optional[Iterable[str]] = None) -> dict:
     """``dict(extra_compile_args={"cxx": [...], "nvcc": [...]})`` for the CUDA extension.
 
     With ``TORCH_CUDA_ARCH_LIST`` set in ``environ`` (default ``os.environ``) no arch flag is
-    added and torch's build honours the variable; otherwise the default archs plus
-    ``extra_archs`` (the JIT build adds the current GPU's) become ``-gencode`` flags.
+    added and torch's build honours the variable; otherwise ``archs`` (default
+    :data:`DEFAULT_ARCHS`) become ``-gencode`` flags.
     """
     env = os.environ if environ is None else environ
     nvcc = list(NVCC_FLAGS)
     if not env.get(ARCH_ENV, "").strip():
-        archs = list(DEFAULT_ARCHS)
-        archs += [a for a in extra_archs if a not in archs]
-        nvcc += gencode_flags(archs)
+        nvcc += gencode_flags(DEFAULT_ARCHS if archs is None else list(dict.fromkeys(archs)))
     return dict(extra_compile_args={"cxx": list(CXX_FLAGS), "nvcc": nvcc})
