@@ -323,10 +323,11 @@ class Run:
 
     def __init__(self, steps: Sequence[Step], out: Path, work: Path, budget_s: float,
                  gpu: dict, rerun: bool = False, tag: Optional[str] = None,
-                 state: Optional[dict] = None, plan_total: int = PLAN_S):
+                 state: Optional[dict] = None, plan_total: int = PLAN_S,
+                 t0: Optional[float] = None):
         self.steps, self.out, self.work, self.budget_s = list(steps), out, work, budget_s
         self.res, self.gpu, self.plan_total = work / "results", gpu, plan_total
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0     # the budget counts from here
         self.started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.state = dict(state or {})
         self.state.setdefault("disabled", {})
@@ -393,7 +394,7 @@ class Run:
         inherited = 0.0
         if step.fallback_for:
             prev = self.result_of(step.fallback_for)
-            if prev and not prev["result"].startswith("pass"):
+            if prev and outcome(prev) != "pass":
                 inherited = max(0.0, prev.get("granted", 0) - prev["seconds"])
         remaining = self.budget_s - self.elapsed()
         granted = grant(step, remaining, planned_rest, inherited)
@@ -413,7 +414,7 @@ class Run:
                 raise
         if step.canary_for:
             # failed, hung, or not run for lack of time: later steps keep away from it
-            if outcome(result) == "pass" or result.get("unavailable") \
+            if outcome(result) == "pass" or result.get("cannot_run_here") \
                     or result["result"] == "skipped: no GPU":
                 self.state["disabled"].pop(step.canary_for, None)
             else:
@@ -450,7 +451,7 @@ class Run:
             result["result"] = "pass" + (f": {note}" if note else "")
         elif rc in step.skip_rc:
             result["result"] = f"skipped: {last_line(text) or f'exit {rc}'}"
-            result["unavailable"] = True
+            result["cannot_run_here"] = True
         else:
             result["result"] = f"failed (exit {rc})" + (f": {note}" if note else "")
         result["rc"] = rc
@@ -738,6 +739,7 @@ def main(argv=None, steps: Optional[Sequence[Step]] = None, gpu: Optional[dict] 
     ap.add_argument("--state", type=Path, default=None,
                     help="with --steps: the first run's summary.json, when the work folder is gone")
     args = ap.parse_args(argv)
+    t0 = time.monotonic()
     steps = plan() if steps is None else list(steps)
     chosen = select(steps, args.steps)
     if args.dry_run:
@@ -754,7 +756,7 @@ def main(argv=None, steps: Optional[Sequence[Step]] = None, gpu: Optional[dict] 
         shutil.rmtree(args.work / "results")
     gpu = probe_gpu() if gpu is None else gpu
     run = Run(chosen, args.outdir, args.work, args.budget, gpu, rerun=bool(args.steps),
-              state=state, plan_total=tier_total(steps))
+              state=state, plan_total=tier_total(steps), t0=t0)
     if not args.steps:
         for lock in remove_stale_build_locks():
             print(f"gpu_check: removed a stale torch extension lock: {lock}")

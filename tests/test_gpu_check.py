@@ -429,3 +429,11 @@ def test_compare_counts_a_new_error_and_lists_rows_not_measured(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert compare.main([str(bad)]) == compare.EXIT_BAD_INPUT
+
+
+def test_docs_plan_table_matches_the_plan():
+    """docs/gpu_check.md's plan table lists every step with its budget and tier, in order."""
+    rows = re.findall(r"^\| (\d+) \| `([\w-]+)` \| .* \| (\d+) s \| ([12]) \|$",
+                      (ROOT / "docs" / "gpu_check.md").read_text(), re.M)
+    assert [(name, int(budget), int(tier)) for _, name, budget, tier in rows] == \
+        [(s.name, s.budget, s.tier) for s in gc.plan()]
