@@ -172,8 +172,8 @@ def plan() -> list:
              ("{py}", "tests/cudnn_fixtures/generate.py", "--device", "cuda", "--out",
               "{res}/fixtures"), 25, note=last_line),
         # tier 2: as time allows
-        Step("pytest-cuda", "the full GPU test suite (pytest -m cuda tests)",
-             _pytest("-m", "cuda", "tests", junit="cuda"), 300, tier=2, note=pytest_note),
+        Step("pytest-gpu", "the whole test suite on the GPU (pytest tests -m 'not slow')",
+             _pytest("tests", "-m", "not slow", junit="gpu"), 300, tier=2, note=pytest_note),
         Step("fixture-tests", "tests/test_cudnn_fixtures.py against the new fixtures",
              _pytest("tests/test_cudnn_fixtures.py", junit="fixtures"), 90, tier=2,
              env={"CHARLSTM_CUDNN_FIXTURES": "{res}/fixtures"}, note=pytest_note),
