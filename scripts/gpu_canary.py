@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""One small forward + backward of one kernel path, to find out quickly whether it runs (and
-does not hang) before the long GPU steps use it.  ``scripts/gpu_check.sh``'s ``canary`` step
-runs each KIND under ``timeout``; a KIND that fails or hangs is recorded, and the later steps
-steer around it (see ``tests/conftest.py``: ``CHARLSTM_GPU_CANARY_FAILED``).
+"""One small forward + backward of one kernel variant, to learn quickly whether it runs (and
+does not hang) before the long GPU steps use it.
 
-    python scripts/gpu_canary.py triton-persistent | cuda-persistent | cuda-persistent_tc
-    python scripts/gpu_canary.py triton-persistent --device cpu   # under TRITON_INTERPRET=1
+    python scripts/gpu_canary.py triton:persistent | cuda:persistent | cuda:persistent_tc
+    python scripts/gpu_canary.py triton:persistent --device cpu    # under TRITON_INTERPRET=1
 
-Shapes make every multi-program barrier real: H = 200 over many programs, B = 20 over two
-batch tiles (triton) or 16-row chunks (cuda), packed rows, T = 12.  The result is compared
-with the reference backend (loosely: a canary, not a precision test).  Exit 0 when it ran and
-matched, 1 on a mismatch or error, 2 when the path cannot run here.
+``scripts/gpu_check.py`` runs one canary step per spin-barrier variant, each in its own process
+under its own timeout; a variant whose canary fails or hangs goes into
+``CHARLSTM_DISABLED_VARIANTS`` for every later step.  The shape makes every barrier real: H=200
+over many programs/blocks, B=20 over several batch tiles, packed rows, T=12; float32, or bfloat16
+for a tensor-core variant.  Inputs come from ``charlstm.testing.core_inputs``; the result is
+checked against a float64 run of the reference with ``charlstm.testing``'s 2x rule (the base: the
+reference in the same dtype, on the CPU).
+
+Exit status: 0 the variant ran to the end, gave finite numbers and was the variant that ran
+(``charlstm.backends.last_run()``); its last line says whether it also met the 2x rule -- a miss
+is reported, not failed, since the correctness step judges precision on every shape.  1: an
+error, non-finite output, or another variant ran.  77: the variant cannot run here (the reason
+is the last line).
 """
 from __future__ import annotations
 
-import contextlib
+import argparse
 import os
 import sys
 
@@ -22,68 +29,82 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-KINDS = ("triton-persistent", "cuda-persistent", "cuda-persistent_tc")
+from charlstm import backends  # noqa: E402
+from charlstm.testing import check_2x, core_inputs, errors  # noqa: E402
+
+SKIP_RC = 77
+OUTPUTS = ("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0")
+
+
+def default_dtype(name: str) -> torch.dtype:
+    """Tensor-core variants run 16-bit inputs only; the others are canaried in float32."""
+    return torch.bfloat16 if name.endswith("_tc") else torch.float32
+
+
+def forward_backward(core, inputs, lengths, grads) -> dict:
+    """``core`` forward and its autograd backward: outputs and input gradients by name."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    outs = core(*leaves, lengths)
+    torch.autograd.backward(outs, grads)
+    return dict(zip(OUTPUTS, [o.detach() for o in outs] + [t.grad for t in leaves]))
+
+
+def check_variant(name: str, device, dtype, T: int, B: int, H: int) -> tuple:
+    """Run ``name`` once on ``device``; ``(problems, note)``: what makes it fail (empty: it ran)
+    and a one-line account with its 2x-rule verdict."""
+    lengths = [T - (5 * b) % T for b in range(B)]          # in [1, T], row 0 runs every step
+    (*inputs, L), grads = core_inputs(T, B, H, dtype, device, lengths=lengths, seed=0)
+    got = forward_backward(backends.core_for(name), inputs, L, grads)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    ran = backends.last_run()
+
+    def on_cpu(tensors, dt):
+        return [t.detach().to("cpu", dt) for t in tensors]
+    reference = backends.core_for("reference")
+    exact = forward_backward(reference, on_cpu(inputs, torch.float64), L.cpu(),
+                             on_cpu(grads, torch.float64))
+    base = forward_backward(reference, on_cpu(inputs, dtype), L.cpu(), on_cpu(grads, dtype))
+    problems = []
+    if ran.get("forward") != name or ran.get("backward") != name:
+        problems.append(f"asked for {name}, ran {ran}")
+    problems += [f"{k}: non-finite values" for k, t in got.items() if not torch.isfinite(t).all()]
+    err = errors(got, exact)
+    worst = max(err, key=err.get)
+    outside = check_2x(got, exact, exact, errors(base, exact), dtype)
+    verdict = ("within the 2x rule" if not outside else
+               f"OUTSIDE the 2x rule: {'; '.join(f'{k} {v}' for k, v in outside.items())}")
+    note = (f"{name} {str(dtype).replace('torch.', '')} T={T} B={B} H={H}: ran {ran.get('forward')}"
+            f"/{ran.get('backward')}, largest error {worst} {err[worst]:.3g}; {verdict}")
+    return problems, note
 
 
 def main(argv=None) -> int:
-    import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("variant", help="a concrete kernel variant, e.g. triton:persistent")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu to check this "
                     "script itself under the Triton interpreter")
+    ap.add_argument("--shape", default="12,20,200", help="T,B,H (default %(default)s)")
     args = ap.parse_args(argv)
-    kind = args.kind
+    name = backends.validate_name(args.variant)
     dev = torch.device(args.device)
+    dtype = default_dtype(name)
+    why = backends.unavailable_reason(name, dev, dtype)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU", file=sys.stderr)
-        return 2
-    from charlstm import backends
-    from charlstm.backends import reference
-    backend, path = kind.split("-", 1)
-    dtype = torch.bfloat16 if path == "persistent_tc" else torch.float32
-    why = backends.unavailable_reason(backend, dev, dtype)
+        why = "no CUDA GPU"
     if why:
-        print(f"{kind}: {why}", file=sys.stderr)
-        return 2
-    ctx = contextlib.nullcontext()
-    if backend == "cuda":
-        from charlstm.backends import cuda as cuda_backend
-        ctx = cuda_backend.use_path(path)
-    else:
-        os.environ["CHARLSTM_TRITON_SCHEDULE"] = "persistent"
-    core = backends.core_for(backend)
-    T, B, H = 12, 20, 200
-    g = torch.Generator().manual_seed(0)
-    xproj = (torch.randn(T, B, 4 * H, generator=g) * 0.5).to(dev, dtype)
-    w = (torch.randn(4 * H, H, generator=g) / H ** 0.5).to(dev, dtype)
-    h0 = (torch.randn(B, H, generator=g) * 0.5).to(dev, dtype)
-    c0 = (torch.randn(B, H, generator=g) * 0.5).to(dev, dtype)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0] = T
-    lengths = lengths.to(dev, torch.int32)
-    seeds = [torch.randn(T, B, H, generator=g).to(dev, dtype),
-             torch.randn(B, H, generator=g).to(dev, dtype), torch.randn(B, H, generator=g).to(dev, dtype)]
-
-    def run(fn):
-        args = [t.clone().requires_grad_() for t in (xproj, w, h0, c0)]
-        outs = fn(*args, lengths)
-        torch.autograd.backward(outs, seeds)
-        return [o.detach().float() for o in outs] + [a.grad.float() for a in args]
-
-    with ctx:
-        got = run(core)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    want = run(reference.core)
-    tol = 1e-3 if dtype == torch.float32 else 1e-1
-    worst = max(((a - b).abs().max() / max(1.0, b.abs().max().item())).item()
-                for a, b in zip(got, want))
-    ran = ""
-    if backend == "cuda":
-        from charlstm.backends import cuda as cuda_backend
-        ran = f" (ran {cuda_backend.last_path()})"
-    print(f"{kind}: max relative error {worst:.3g} (tolerance {tol}){ran}")
-    return 0 if worst <= tol else 1
+        print(f"{name} cannot run here: {why}")
+        return SKIP_RC
+    T, B, H = (int(x) for x in args.shape.split(","))
+    try:
+        problems, note = check_variant(name, dev, dtype, T, B, H)
+    except Exception as e:  # noqa: BLE001 - any error is the canary's finding
+        print(f"{name}: {type(e).__name__}: {e}")
+        return 1
+    print(note)
+    for p in problems:          # last, so that the GPU check's summary shows them
+        print(f"FAIL {p}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
