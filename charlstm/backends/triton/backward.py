@@ -1,7 +1,5 @@
 """Fused backward kernel of the LSTM recurrent core (contract: :mod:`charlstm.backends.contract`).
 
-Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
-
 The recurrence runs in reverse, ``t = T-1 .. 0``, plus one closing pass ``t = -1`` that only
 produces ``dh0``/``dc0``.  Same three schedules and ownership as the forward (:mod:`.forward`):
 ``"persistent"`` -- one launch, program ``(p, q)`` owns every ``nh``-th hidden tile of batch

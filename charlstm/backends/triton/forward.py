@@ -1,7 +1,5 @@
 """Fused forward kernel of the LSTM recurrent core (contract: :mod:`charlstm.backends.contract`).
 
-Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
-
 One kernel, :func:`lstm_fwd_kernel`, serves the three schedules of :mod:`.common`:
 
 * ``"persistent"`` (GPU default; grid ``(nb, nh)``, one launch): program ``(p, q)`` owns batch
