@@ -34,9 +34,9 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["core_inputs", "reference_runs", "run_kernels", "check_core", "FLOOR_EPS", "FORWARD",
-           "BACKWARD", "max_error", "errors", "tolerance", "check_2x", "assert_2x",
-           "skip_unless_runs"]
+__all__ = ["core_inputs", "reference_runs", "run_kernels", "core_gradients", "check_core",
+           "expected_run", "skip_unless_runs", "FLOOR_EPS", "FORWARD", "BACKWARD", "max_error",
+           "errors", "tolerance", "check_2x", "assert_2x"]
 
 #: the 2x rule's floor, in units of ``eps(D) * max(1, max|exact|)``
 FLOOR_EPS = {torch.float64: 4.0, torch.float32: 4.0, torch.float16: 1.0, torch.bfloat16: 1.0}
@@ -107,6 +107,20 @@ def run_kernels(forward, backward, inputs: tuple, grads: tuple, ref: dict) -> di
     return out
 
 
+def core_gradients(core, inputs: tuple, grads: tuple, dtype: Optional[torch.dtype] = None) -> dict:
+    """``core(xproj, w_hh, h0, c0, lengths)`` run through autograd (in ``dtype``, default the
+    inputs'), upstream gradients ``grads`` for ``hs``, ``hT``, ``cT``: the outputs and the
+    gradients of the four inputs (``dw_hh`` is computed above the backend, by
+    :func:`charlstm.backends.contract.make_core_op`)."""
+    *tensors, L = inputs
+    dt = dtype or tensors[0].dtype
+    leaves = [t.detach().to(dt).requires_grad_() for t in tensors]
+    hs, hT, cT = core(*leaves, L)
+    torch.autograd.backward((hs, hT, cT), tuple(g.to(dt) for g in grads))
+    return dict(zip(("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0"),
+                    [t.detach() for t in (hs, hT, cT)] + [t.grad for t in leaves]))
+
+
 def _mask_inactive_gates(out: Mapping[str, Tensor], lengths: Optional[Tensor]) -> dict:
     """The contract leaves ``gates`` of inactive rows unspecified (the backward ignores them):
     zeroed before comparing."""
@@ -175,6 +189,18 @@ def assert_2x(got: Mapping[str, Tensor], want: Mapping[str, Tensor], exact: Mapp
     """:func:`check_2x` as an assertion naming every tensor out of bounds."""
     bad = check_2x(got, want, exact, base_errors, dtype)
     assert not bad, f"{label} ({dtype}) outside the 2x rule: {bad}"
+
+
+def expected_run(name: str, dtype: torch.dtype) -> str:
+    """What :func:`charlstm.backends.last_run` must report after kernel path ``name`` ran in
+    ``dtype``: ``name`` itself, except where its backend documents that it runs another path
+    (float64 on triton runs the reference kernels; ``cuda:persistent_tc`` runs
+    ``cuda:persistent`` for float32, tensor cores being for 16-bit inputs)."""
+    if name.startswith("triton:") and dtype == torch.float64:
+        return "reference"
+    if name == "cuda:persistent_tc" and dtype == torch.float32:
+        return "cuda:persistent"
+    return name
 
 
 def skip_unless_runs(name: str, device, dtype: Optional[torch.dtype] = None) -> None:

@@ -32,8 +32,8 @@ import torch
 
 from charlstm import backends
 from charlstm.backends.contract import acc_dtype
-from charlstm.testing import (assert_2x, check_core, core_inputs, errors, reference_runs,
-                              run_kernels, skip_unless_runs)
+from charlstm.testing import (assert_2x, check_core, core_gradients, core_inputs, errors,
+                              expected_run, reference_runs, run_kernels, skip_unless_runs)
 
 GPU = torch.cuda.is_available()
 DEV = torch.device("cuda" if GPU else "cpu")
@@ -120,16 +120,6 @@ def _run(name, dtype, shape):
     return _RUNS[key]
 
 
-def _expected_run(name: str, dtype) -> str:
-    """What ``last_run`` must report: the variant itself, except where the contract of the
-    backend says it runs another path (documented in its module)."""
-    if name.startswith("triton:") and dtype == torch.float64:
-        return "reference"                      # triton.ops: float64 runs the reference kernels
-    if name == "cuda:persistent_tc" and dtype == torch.float32:
-        return "cuda:persistent"                # tensor cores are for 16-bit inputs only
-    return name
-
-
 # ----------------------------------------------------------------------------- the contract
 def _check_structure(out: dict, dtype, shape, L) -> None:
     T, B, H = shape.T, shape.B, shape.H
@@ -162,7 +152,7 @@ def _check_structure(out: dict, dtype, shape, L) -> None:
 @pytest.mark.parametrize("name,dtype,shape", list(_params()))
 def test_forward_and_backward_contract(name, dtype, shape):
     out, ran = _run(name, dtype, shape)
-    expected = _expected_run(name, dtype)
+    expected = expected_run(name, dtype)
     assert ran == (expected, expected), f"asked for {name}, last_run() says {ran}"
     L = _inputs(dtype, shape)[0][4]
     _check_structure(out, dtype, shape, L)
@@ -190,21 +180,12 @@ def test_autograd_runs_the_variant_both_ways(name):
     reference's."""
     dtype = torch.float16
     skip_unless_runs(name, DEV, dtype)
-    (xproj, w, h0, c0, L), (dhs, dhT, dcT) = _inputs(dtype, SMALL)
-
-    def grads(core, dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (xproj, w, h0, c0)]
-        hs, hT, cT = core(*leaves, L)
-        torch.autograd.backward((hs, hT, cT), (dhs.to(dt), dhT.to(dt), dcT.to(dt)))
-        return dict(zip(("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0"),
-                        [hs, hT, cT] + [t.grad for t in leaves]))
-
-    got = grads(backends.core_for(name), dtype)
+    inputs, grads = _inputs(dtype, SMALL)
+    got = core_gradients(backends.core_for(name), inputs, grads)
     assert backends.last_run() == {"forward": name, "backward": name}
-    ref = grads(backends.core_for("reference"), dtype)
-    exact = grads(backends.core_for("reference"), torch.float64)
-    base = errors(ref, exact)
-    assert_2x(got, exact, exact, base, dtype, label=f"{name} through autograd")
+    ref = core_gradients(backends.core_for("reference"), inputs, grads)
+    exact = core_gradients(backends.core_for("reference"), inputs, grads, torch.float64)
+    assert_2x(got, exact, exact, errors(ref, exact), dtype, label=f"{name} through autograd")
 
 
 @pytest.mark.parametrize("name", [v.name for v in VARIANTS])

@@ -41,6 +41,7 @@ import torch
 
 import charlstm
 from charlstm import backends
+from charlstm.testing import skip_unless_runs
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("cudnn_fixtures_generate",
@@ -49,7 +50,8 @@ gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
 
 FIXTURE_DIR = Path(os.environ.get("CHARLSTM_CUDNN_FIXTURES", HERE / "cudnn_fixtures"))
-KERNEL_BACKENDS = ("reference", "triton", "cuda")
+#: every kernel backend (each with its own choice of variant), from the registry
+KERNEL_BACKENDS = tuple(b for b in backends.BACKENDS if backends.is_core(b))
 #: check 1: how far cuDNN may be from the float64 reference, in eps(dtype) * scale.  The CPU
 #: stand-in measured at most ~6 (long_seq); 32 leaves room for cuDNN's different summation order
 #: while a wrong gate order or a dropped initial state is off by orders of magnitude in float32.
@@ -207,9 +209,7 @@ def test_backend_within_2x_of_fixture_error(backend, dtype_name, case, record_pr
     _record(record_property, dtype_name, case)
     dtype = getattr(torch, dtype_name)
     device = _kernel_device(backend)
-    why = backends.unavailable_reason(backend, device, dtype)
-    if why:
-        pytest.skip(f"{backend} unavailable on {device} for {dtype_name}: {why}")
+    skip_unless_runs(backend, device, dtype)
     if (backend == "triton" and device.type == "cpu" and case in INTERPRETER_SKIP
             and os.environ.get("CHARLSTM_FIXTURES_FULL") != "1"):
         pytest.skip("T=512 is too slow under the Triton interpreter (~30 s): checked on a GPU, or "

@@ -207,16 +207,6 @@ def test_gradcheck_through_layer_bidirectional_proj():
     assert torch.autograd.gradcheck(f, (x, h0, c0))
 
 
-def test_opcheck_reference_ops():
-    T, B, H = 3, 2, 4
-    xproj, w = torch.randn(T, B, 4 * H), torch.randn(4 * H, H)
-    h0, c0 = torch.randn(B, H), torch.randn(B, H)
-    lengths = torch.tensor([3, 1], dtype=torch.int32)
-    for ln in (None, lengths):
-        args = (xproj.requires_grad_(), w.requires_grad_(), h0.requires_grad_(), c0.requires_grad_(), ln)
-        torch.library.opcheck(reference.core.fwd_op, args)
-
-
 def test_torch_compile_fullgraph_reference():
     m = charlstm.LSTM(4, 6, backend="reference")
     x = torch.randn(3, 2, 4)
@@ -226,7 +216,8 @@ def test_torch_compile_fullgraph_reference():
 
 # ----------------------------------------------------------------- backend choice
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*reference, torch, triton, cuda, auto"):
+    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*auto, reference, torch, "
+                                         r"triton, triton:persistent, .*, cuda:stepwise"):
         charlstm.LSTM(3, 4, backend="cudnn")
 
 
@@ -271,23 +262,29 @@ def test_env_var_and_context_manager_override(monkeypatch):
 
 
 # ----------------------------------------------------------------- info
-def test_info_lists_every_backend(capsys):
+def test_info_lists_every_backend_and_kernel_path(capsys):
     from charlstm import info
     assert info.main([]) == 0
     out = capsys.readouterr().out
     for name in backends.BACKENDS:
+        assert f"  {name} " in out and backends.STATUS[name] in out
+    for name in backends.NAMES:
         assert f"  {name} " in out
     assert "torch " in out and torch.__version__ in out
 
 
-def test_info_reports_the_kernel_knobs(monkeypatch):
+def test_info_reports_what_runs(monkeypatch):
+    """The disabled variants, a bare name's own choice, and availability per kernel path."""
     from charlstm import info
-    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "step")
     monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
-    monkeypatch.delenv("CHARLSTM_CUDA_PATH", raising=False)
+    monkeypatch.setenv("CHARLSTM_DISABLED_VARIANTS", "triton:sequence,cuda:stepwise")
     got = info.collect()
-    assert (got["triton_schedule"], got["triton_autotune"], got["cuda_path"]) == ("step", False,
-                                                                                "auto")
+    assert (got["disabled_variants"], got["triton_autotune"]) == ("cuda:stepwise triton:sequence",
+                                                                  False)
+    assert got["variants"]["triton:sequence"]["reason"].startswith(
+        "disabled by CHARLSTM_DISABLED_VARIANTS")
+    assert got["own_choice"]["triton"] == "triton:persistent"     # sequence is disabled
+    assert set(got["variants"]) == set(backends.NAMES)
 
 
 def test_python_m_charlstm_info_runs():

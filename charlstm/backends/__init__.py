@@ -29,7 +29,7 @@ Which name runs, strongest first: the innermost :func:`use_backend` context, the
 keeps every backend's own choice (and ``auto``) away from them; ``scripts/gpu_check``'s canary
 sets it for paths that failed or hung.
 
-How far each backend has been verified is written once, in :data:`_REGISTRY` (``status``), and
+How far each backend has been verified is written once, in the registry (:data:`STATUS`), and
 shown by ``charlstm info``.
 """
 from __future__ import annotations
@@ -91,9 +91,13 @@ _REGISTRY = {
 
 #: the backend families, in registry order
 BACKENDS = tuple(_REGISTRY)
+#: each backend's verification status (what ``charlstm info`` shows)
+STATUS = {name: b.status for name, b in _REGISTRY.items()}
 #: every concrete name, in order
 NAMES = tuple(n if not b.variants else f"{n}:{v}" for n, b in _REGISTRY.items()
               for v in (b.variants or (None,)))
+#: the backends with variants, whose bare name means "the backend's own choice"
+SELECTORS = tuple(n for n, b in _REGISTRY.items() if b.variants)
 #: every accepted name: ``auto``, then each backend followed by its variants
 CHOICES = ("auto",) + tuple(x for n, b in _REGISTRY.items()
                             for x in (n,) + tuple(f"{n}:{v}" for v in b.variants))
@@ -331,18 +335,15 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
       that beat cuDNN for a shape, ``auto`` does not pick it): ``torch`` on CPU (its native CPU
       LSTM beats a Python-level loop and the Triton interpreter) and on CUDA (cuDNN).
     """
-    backend, variant = parse_name(name)
-    if backend == "auto":
-        return "torch"
-    if variant is None and _REGISTRY[backend].variants:
-        choice, why = _own_choice(backend, device, dtype)
-        if why:
-            raise BackendUnavailable(f"charlstm backend {backend!r} is unavailable: {why}")
-        return f"{backend}:{choice}" if choice else backend
     canonical = validate_name(name)
+    if canonical == "auto":
+        return "torch"
     why = unavailable_reason(canonical, device, dtype)
     if why:
         raise BackendUnavailable(f"charlstm backend {canonical!r} is unavailable: {why}")
+    if canonical in _REGISTRY and _REGISTRY[canonical].variants:
+        choice = _own_choice(canonical, device, dtype)[0]
+        return f"{canonical}:{choice}" if choice else canonical
     return canonical
 
 
