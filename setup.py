@@ -43,13 +43,15 @@ def _cuda_extension_kwargs():
     if not nvcc or not os.path.exists(nvcc):
         return {}
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cu"))
+                     + glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return {}
     # The compile flags live in one place, shared with the JIT build.
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        "_charlstm_build_flags", os.path.join(here, "charlstm", "backends", "cuda", "build_flags.py"))
+        "_charlstm_build_flags",
+        os.path.join(here, "charlstm", "backends", "cuda", "build_flags.py"))
     flags = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(flags)
     extension_kwargs = flags.extension_kwargs

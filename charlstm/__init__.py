@@ -9,8 +9,8 @@ Public API::
 """
 from ._version import __version__
 from .backends import BACKENDS, BackendUnavailable, use_backend
-from .lstm import LSTM, convert_lstm
 from .charrnn import CharRNN, evaluate, sample, train
+from .lstm import LSTM, convert_lstm
 
 __all__ = ["__version__", "LSTM", "convert_lstm", "use_backend", "BACKENDS", "BackendUnavailable",
            "CharRNN", "train", "sample", "evaluate"]

@@ -31,7 +31,8 @@ def collect() -> dict:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "triton": triton_version,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(0) if cuda else
+                   f"cpu ({platform.processor() or platform.machine()})"),
         "backend_override": os.environ.get(backends.ENV_VAR),
         "disabled_variants": " ".join(sorted(backends.disabled_variants())) or None,
         # read per call by the triton backend (one fixed configuration instead of autotuning)
@@ -52,8 +53,9 @@ def collect() -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="charlstm info",
-                                     description="Print versions, the device and backend availability.")
+    parser = argparse.ArgumentParser(
+        prog="charlstm info",
+        description="Print versions, the device, every kernel path's availability and status.")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     info = collect()
@@ -74,7 +76,8 @@ def main(argv: Optional[list] = None) -> int:
     print("kernel paths (here):")
     w = max(len(n) for n in info["variants"])
     for name, v in info["variants"].items():
-        print(f"  {name:<{w}}  " + ("available" if v["available"] else f"unavailable: {v['reason']}"))
+        why = "available" if v["available"] else f"unavailable: {v['reason']}"
+        print(f"  {name:<{w}}  {why}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What tests, benchmarks and scripts share to check a kernel path: core inputs and one tolerance rule.
+"""What tests, benchmarks and scripts share to check a kernel path: core inputs and one
+tolerance rule.
 
 Core inputs
 -----------
@@ -66,7 +67,8 @@ def core_inputs(T: int, B: int, H: int, dtype: torch.dtype, device="cpu", *,
              torch.randn(B, H, generator=g))
     if isinstance(lengths, str):
         if lengths != "random":
-            raise ValueError(f"lengths must be None, a sequence of ints or 'random', got {lengths!r}")
+            raise ValueError(f"lengths must be None, a sequence of ints or 'random', "
+                             f"got {lengths!r}")
         lengths = torch.randint(1, T + 1, (B,), generator=g).tolist()
     L = None
     if lengths is not None:
@@ -166,7 +168,8 @@ def errors(got: Mapping[str, Tensor], want: Mapping[str, Tensor]) -> dict:
 
 
 def tolerance(base_error: float, exact: Tensor, dtype: torch.dtype) -> float:
-    """The 2x rule's bound: ``2 * base_error + FLOOR_EPS[dtype] * eps(dtype) * max(1, max|exact|)``."""
+    """The 2x rule's bound:
+    ``2 * base_error + FLOOR_EPS[dtype] * eps(dtype) * max(1, max|exact|)``."""
     scale = max(1.0, exact.detach().abs().max().item()) if exact.numel() else 1.0
     return 2.0 * base_error + FLOOR_EPS[dtype] * torch.finfo(dtype).eps * scale
 

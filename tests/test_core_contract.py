@@ -32,8 +32,17 @@ import torch
 
 from charlstm import backends
 from charlstm.backends.contract import acc_dtype
-from charlstm.testing import (assert_2x, check_core, core_gradients, core_inputs, errors,
-                              expected_run, reference_runs, run_kernels, skip_unless_runs)
+from charlstm.testing import (
+    assert_2x,
+    check_core,
+    core_gradients,
+    core_inputs,
+    errors,
+    expected_run,
+    reference_runs,
+    run_kernels,
+    skip_unless_runs,
+)
 
 GPU = torch.cuda.is_available()
 DEV = torch.device("cuda" if GPU else "cpu")

@@ -25,8 +25,15 @@ import charlstm
 from charlstm import backends, testing
 from charlstm.backends import cuda as cuda_backend
 from charlstm.backends.cuda import abi, availability, build, build_flags, paths
-from charlstm.testing import (FORWARD, assert_2x, core_gradients, core_inputs, expected_run,
-                              reference_runs, skip_unless_runs)
+from charlstm.testing import (
+    FORWARD,
+    assert_2x,
+    core_gradients,
+    core_inputs,
+    expected_run,
+    reference_runs,
+    skip_unless_runs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -50,9 +57,11 @@ def test_reports_unavailable_with_reason_here():
 def test_lstm_with_cuda_backend_raises_backend_unavailable_with_the_reason():
     why = backends.unavailable_reason("cuda")
     m = charlstm.LSTM(3, 4, backend="cuda")
-    with pytest.raises(charlstm.BackendUnavailable, match=re.escape(f"'cuda' is unavailable: {why}")):
+    with pytest.raises(charlstm.BackendUnavailable,
+                       match=re.escape(f"'cuda' is unavailable: {why}")):
         m(torch.randn(2, 1, 3))
-    with charlstm.use_backend("cuda"), pytest.raises(charlstm.BackendUnavailable, match=re.escape(why)):
+    with charlstm.use_backend("cuda"), pytest.raises(charlstm.BackendUnavailable,
+                                                     match=re.escape(why)):
         charlstm.LSTM(3, 4)(torch.randn(2, 1, 3))
 
 
@@ -85,7 +94,8 @@ def test_jit_sources_are_the_csrc_files():
     srcs = [Path(s).name for s in build.sources()]
     assert build.csrc_dir() == CSRC
     assert "bindings.cpp" in srcs and "lstm_forward.cu" in srcs and "lstm_backward.cu" in srcs
-    assert srcs == sorted(p.name for p in CSRC.glob("*.cu")) + sorted(p.name for p in CSRC.glob("*.cpp"))
+    assert srcs == (sorted(p.name for p in CSRC.glob("*.cu"))
+                    + sorted(p.name for p in CSRC.glob("*.cpp")))
 
 
 # =============================================================== CPU: launch.h <-> Python/bindings
@@ -95,7 +105,8 @@ def _c_enum(text: str, name: str) -> dict:
 
 
 def _c_struct_fields(text: str, name: str) -> list:
-    body = re.search(r"typedef struct " + name + r"\s*\{(.*?)\}\s*" + name + ";", text, re.S).group(1)
+    body = re.search(r"typedef struct " + name + r"\s*\{(.*?)\}\s*" + name + ";", text,
+                     re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields = []
     for decl in body.split(";"):
@@ -114,7 +125,8 @@ def test_launch_header_codes_match_python():
                       "CHARLSTM_FLOAT16": abi.DTYPE_CODES[torch.float16],
                       "CHARLSTM_BFLOAT16": abi.DTYPE_CODES[torch.bfloat16]}
     paths_c = _c_enum(h, "charlstm_path")
-    assert {k.replace("CHARLSTM_PATH_", "").lower(): v for k, v in paths_c.items()} == abi.PATH_CODES
+    assert ({k.replace("CHARLSTM_PATH_", "").lower(): v for k, v in paths_c.items()}
+            == abi.PATH_CODES)
     assert set(paths.VARIANTS) | {"auto"} == set(abi.PATH_CODES)
 
 
@@ -143,7 +155,8 @@ def test_build_flags_default_archs(monkeypatch):
 
 
 def test_build_flags_honour_torch_cuda_arch_list():
-    nvcc = build_flags.extension_kwargs(environ={"TORCH_CUDA_ARCH_LIST": "9.0"})["extra_compile_args"]["nvcc"]
+    kw = build_flags.extension_kwargs(environ={"TORCH_CUDA_ARCH_LIST": "9.0"})
+    nvcc = kw["extra_compile_args"]["nvcc"]
     assert not [f for f in nvcc if "arch" in f]      # torch adds the flags from the variable
     assert build_flags.gencode_flags(["8.0+PTX"]) == ["-gencode=arch=compute_80,code=sm_80",
                                                       "-gencode=arch=compute_80,code=compute_80"]
@@ -238,7 +251,8 @@ def test_kernel_code_in_host_emulation_matches_contract(emulator, case):
     inactive rows exactly 0.  Checks indexing, staging, work division and the barrier logic;
     not the GPU memory model (see csrc/emu/emu_shim.h)."""
     import subprocess
-    res = subprocess.run([str(emulator), *map(str, case)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([str(emulator), *map(str, case)], capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("\nok   ") + res.stdout.startswith("ok   ") == 8, res.stdout
 
@@ -355,13 +369,15 @@ def _module_cases():
     return [Case(hidden_size=20, input_size=3, B=2, T=5),
             Case(hidden_size=100, B=1, T=1),
             Case(hidden_size=100, num_layers=2, bidirectional=True, batch_first=True, B=4, T=9),
-            Case(kind="packed_unsorted", hidden_size=20, B=5, T=7, num_layers=2, bidirectional=True),
+            Case(kind="packed_unsorted", hidden_size=20, B=5, T=7, num_layers=2,
+                 bidirectional=True),
             Case(proj_size=5, hidden_size=20, with_hx=False),
             Case(hidden_size=768, input_size=16, B=3, T=6),
             Case(hidden_size=20, B=1, T=300)]
 
 
-MODULE_CASE_IDS = ["H20", "H100-T1-B1", "H100-L2-bidir", "packed-L2-bidir", "proj", "H768", "T300-B1"]
+MODULE_CASE_IDS = ["H20", "H100-T1-B1", "H100-L2-bidir", "packed-L2-bidir", "proj", "H768",
+                   "T300-B1"]
 
 
 def _module_vs_cudnn(case, name: str, dtype) -> None:

@@ -142,10 +142,13 @@ def test_unbatched_hx_must_be_2d(lstm):
 
 
 def test_dtype_mismatches(lstm):
-    with pytest.raises(RuntimeError, match=r"input dtype torch.float64 does not match the weights' dtype torch.float32"):
+    with pytest.raises(RuntimeError, match=r"input dtype torch.float64 does not match the "
+                                           r"weights' dtype torch.float32"):
         lstm(torch.randn(3, 2, 4, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match=r"h_0 dtype torch.float64 does not match input dtype torch.float32"):
-        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64), torch.zeros(2, 2, 6)))
+    with pytest.raises(RuntimeError, match=r"h_0 dtype torch.float64 does not match input dtype "
+                                           r"torch.float32"):
+        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64),
+                                    torch.zeros(2, 2, 6)))
     with pytest.raises(TypeError, match="floating-point"):
         lstm(torch.ones(3, 2, 4, dtype=torch.long))
 
@@ -171,7 +174,8 @@ def no_native_lstm(monkeypatch):
 
 
 def test_native_lstm_patch_is_effective(no_native_lstm):
-    """Control: with the patch in place torch's own nn.LSTM must fail, else the test below proves nothing."""
+    """Control: with the patch in place torch's own nn.LSTM must fail, else the test below
+    proves nothing."""
     with pytest.raises(AssertionError, match="native LSTM"):
         nn.LSTM(4, 6)(torch.randn(3, 2, 4))
 
@@ -216,15 +220,16 @@ def test_torch_compile_fullgraph_reference():
 
 # ----------------------------------------------------------------- backend choice
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*auto, reference, torch, "
-                                         r"triton, triton:persistent, .*, cuda:stepwise"):
+    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*auto, reference, "
+                                         r"torch, triton, triton:persistent, .*, cuda:stepwise"):
         charlstm.LSTM(3, 4, backend="cudnn")
 
 
 def test_unavailable_backend_says_why(monkeypatch):
     monkeypatch.setattr(backends, "unavailable_reason", lambda name, *a, **k: "no such kernel here")
     m = charlstm.LSTM(3, 4, backend="cuda")
-    with pytest.raises(charlstm.BackendUnavailable, match=r"'cuda' is unavailable: no such kernel here"):
+    with pytest.raises(charlstm.BackendUnavailable,
+                       match=r"'cuda' is unavailable: no such kernel here"):
         m(torch.randn(2, 1, 3))
 
 

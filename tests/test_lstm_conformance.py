@@ -7,11 +7,19 @@ import itertools
 
 import pytest
 import torch
+from lstm_cases import (
+    TOLERANCES,
+    Case,
+    assert_close_all,
+    build,
+    cast_data,
+    make_data,
+    run_one,
+    run_pair,
+)
 
 from charlstm import backends
 from charlstm.testing import assert_2x, errors, skip_unless_runs
-from lstm_cases import (TOLERANCES, Case, assert_close_all, build, cast_data, make_data,
-                        run_one, run_pair)
 
 GRID = [Case(num_layers=L, bias=b, batch_first=bf, bidirectional=bd)
         for L, b, bf, bd in itertools.product((1, 2), (True, False), (False, True), (False, True))]
@@ -48,8 +56,8 @@ KERNEL_SUBSET = [Case(), Case(num_layers=2, bidirectional=True, batch_first=True
 
 
 #: the kernel backends (each with its own choice of variant) that can run on each device type
-KERNELS_ON = {dev: [b for b in backends.BACKENDS if backends.is_core(b) and backends.runs_on(b, dev)]
-              for dev in ("cpu", "cuda")}
+KERNELS_ON = {dev: [b for b in backends.BACKENDS
+                   if backends.is_core(b) and backends.runs_on(b, dev)] for dev in ("cpu", "cuda")}
 
 
 @pytest.mark.parametrize("backend", [b for b in KERNELS_ON["cpu"] if b != "reference"])
@@ -84,7 +92,8 @@ def test_backend_low_precision_vs_cudnn(backend, dtype, case):
     dev = torch.device("cuda")
     skip_unless_runs(backend, dev, dtype)
     data = make_data(case, dtype, dev)
-    exact = run_one(build(case, None, torch.float64, "cpu"), case, cast_data(data, torch.float64, "cpu"))
+    exact = run_one(build(case, None, torch.float64, "cpu"), case,
+                    cast_data(data, torch.float64, "cpu"))
     cudnn = errors(run_one(build(case, None, dtype, dev), case, data), exact)
     mine = run_one(build(case, backend, dtype, dev), case, data)
     assert_2x(mine, exact, exact, cudnn, dtype, label=f"{backend} {case.id()} vs cuDNN")

@@ -205,10 +205,10 @@ def _layer_pair(dtype=torch.float32, **kw):
 def _compare_grads(ours, ref, extra, atol=1e-5, rtol=1e-5):
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p.grad.cpu(), q.grad, atol=atol, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
     for name, a, b in extra:
         torch.testing.assert_close(a.grad.cpu(), b.grad, atol=atol, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 @pytest.mark.parametrize("proj_size", [0, 7])

@@ -107,7 +107,8 @@ def _jit_build(verbose: bool):
     print(f"charlstm: compiling the CUDA extension {EXT_NAME} from {csrc_dir()} (first use; "
           f"a few minutes; cached in the torch extensions directory for later runs) ...",
           file=sys.stderr, flush=True)
-    ext = cpp_extension.load(name=EXT_NAME, sources=sources(), extra_include_paths=[str(csrc_dir())],
+    ext = cpp_extension.load(name=EXT_NAME, sources=sources(),
+                             extra_include_paths=[str(csrc_dir())],
                              extra_cflags=flags["cxx"], extra_cuda_cflags=flags["nvcc"],
                              verbose=verbose)
     print("charlstm: CUDA extension ready.", file=sys.stderr, flush=True)

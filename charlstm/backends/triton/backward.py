@@ -43,8 +43,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, run_schedule,
-                     tanh, tuned_kernels)
+from .common import (
+    Launch,
+    batch_tile,
+    choose_launch,
+    dot_mode,
+    grid_barrier,
+    run_schedule,
+    tanh,
+    tuned_kernels,
+)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
 

@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "batch_tile", "choose_launch", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
+__all__ = ["INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "batch_tile", "choose_launch",
+           "default_schedule", "dot_mode", "grid_barrier", "lstm_cell", "persistent_grid",
            "run_schedule", "tanh", "tune_configs"]
 
 

@@ -47,8 +47,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (Launch, batch_tile, choose_launch, dot_mode, grid_barrier, lstm_cell,
-                     run_schedule, tuned_kernels)
+from .common import (
+    Launch,
+    batch_tile,
+    choose_launch,
+    dot_mode,
+    grid_barrier,
+    lstm_cell,
+    run_schedule,
+    tuned_kernels,
+)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
 
@@ -143,8 +151,10 @@ def lstm_fwd_kernel(
             z_g += tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
             z_o += tl.load(x_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
             off = row_h + rj[None, :]
-            c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :], other=0.0)
-                      + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
+            c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :],
+                              other=0.0)
+                      + tl.load(c0_ptr + off, mask=first_r & jmask[None, :],
+                                other=0.0).to(tl.float32))
             i, f, g, o, c_new, h_new = lstm_cell(z_i, z_f, z_g, z_o, c_prev)
             h_new = h_new.to(OUT_T)
             g_t = gates_ptr + gofs

@@ -15,7 +15,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import BackendUnavailable, _REGISTRY, disabled_variants, legacy_choice, record_run, reference
+from .. import (
+    _REGISTRY,
+    BackendUnavailable,
+    disabled_variants,
+    legacy_choice,
+    record_run,
+    reference,
+)
 from ..contract import CoreKernels, check_core_inputs, make_core_op
 from . import backward as _bwd
 from . import forward as _fwd
