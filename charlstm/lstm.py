@@ -49,8 +49,8 @@ def _reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 class LSTM(nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM` with a selectable backend.
 
-    Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``
-    (``"auto"``, ``"reference"``, ``"torch"``, ``"triton"`` or ``"cuda"``).  The
+    Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``: ``"auto"``, a
+    kernel path ``"backend:variant"`` or a bare backend name (:mod:`charlstm.backends`).  The
     :func:`charlstm.use_backend` context and the ``CHARLSTM_BACKEND`` environment variable
     override it.  ``forward(input, hx=None) -> (output, (h_n, c_n))`` as in ``nn.LSTM``.
     """
