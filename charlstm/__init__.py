@@ -4,8 +4,8 @@ Public API::
 
     charlstm.LSTM(...)              # drop-in for torch.nn.LSTM, plus backend="auto"
     charlstm.convert_lstm(model)    # swap every nn.LSTM inside a model, in place
-    charlstm.use_backend("triton:step")  # context manager (CHARLSTM_BACKEND: the same, process-wide)
-    charlstm.backends.variants()    # every kernel path ("backend:variant"), can it run here, why not
+    charlstm.use_backend("triton:step")  # context manager (CHARLSTM_BACKEND: process-wide)
+    charlstm.backends.variants()    # every kernel path ("backend:variant"): can it run here?
     charlstm.CharRNN, charlstm.train, charlstm.sample, charlstm.evaluate   # the char-rnn app
 """
 from ._version import __version__
