@@ -11,9 +11,12 @@ Usage (from the repository root)::
 
 Full grid: batch (1, 8, 32, 64, 128, 256) x hidden (128, 256, 512, 1024, 2048) x seq (64, 512) x
 layers (1, 3) x dtype (float32, float16, bfloat16) x {forward, forward+backward}; input size =
-hidden, unidirectional.  Every backend of a configuration sees the same weights and inputs.  The ``cuda`` backend is timed
-once per implementation path (``cuda:persistent``, ``cuda:stepwise``; the JSON's ``ran_path`` says
-what actually ran, and forcing ``persistent`` on a shape it cannot hold is an error row).
+hidden, unidirectional.  Every backend of a configuration sees the same weights and inputs.  Each
+kernel path of ``charlstm.backends.variants()`` is timed on its own (``triton:persistent``,
+``triton:sequence``, ``triton:step``, ``cuda:persistent_tc``, ``cuda:persistent``,
+``cuda:stepwise``; ``--backends triton`` means all of triton's); a row's ``ran_path`` appears
+where another path ran (``cuda:persistent_tc`` runs ``cuda:persistent`` for float32), and forcing
+a persistent path on a shape it cannot hold is an error row.
 
 Each row: median time (CUDA events on a GPU, ``time.perf_counter`` on a CPU, after warm-up),
 speed-up over ``torch`` measured in the same run (``torch_ms / ms``; > 1 is faster), achieved
@@ -67,14 +70,15 @@ def parse_row(text: str) -> dict:
 
 
 def grid_configs(grid: dict) -> list[dict]:
-    return [dict(batch=b, seq=t, hidden=h, layers=l, dtype=d)
-            for d in grid["dtype"] for l in grid["layers"] for t in grid["seq"]
+    return [dict(batch=b, seq=t, hidden=h, layers=n, dtype=d)
+            for d in grid["dtype"] for n in grid["layers"] for t in grid["seq"]
             for h in grid["hidden"] for b in grid["batch"]]
 
 
 def make_case(cfg: dict, device, seed: int = 0):
     """Weights (a state_dict) and inputs shared by every backend of one configuration."""
     import torch
+
     import charlstm
     dtype = common.parse_dtype(cfg["dtype"])
     g = torch.Generator().manual_seed(seed)
@@ -91,6 +95,7 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
             section: str) -> list[dict]:
     """Time every backend on one configuration; the first backend must be ``torch``."""
     import torch
+
     import charlstm
     rows = []
     dtype = common.parse_dtype(cfg["dtype"])
@@ -100,10 +105,9 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
         return [dict(cfg, section=section, backend=b, mode=m, error=f"setup: {e}"[:200])
                 for b in backends for m in modes]
     torch_ms = {}
-    for name in common.backend_variants(backends):
-        backend, _ = common.split_variant(name)
+    for name in backends:
         try:
-            model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=backend,
+            model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=name,
                                   device=device, dtype=dtype)
             model.load_state_dict(state)
         except (RuntimeError, *common_errors()) as e:
@@ -113,18 +117,17 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
         xg = x.detach().requires_grad_(True)
         for mode in modes:
             if mode == "fwd":
-                def fn():
+                def fn(model=model):
                     with torch.no_grad():
                         return model(x)
             else:
-                def fn():
+                def fn(model=model, xg=xg):
                     y, _ = model(xg)
                     y.backward(dy)
             row = dict(cfg, section=section, backend=name, mode=mode)
             try:
-                with common.variant_context(name):
-                    r = common.time_fn(fn, device, warmup=warmup, reps=reps)
-                    path = common.ran_path(name)
+                r = common.time_fn(fn, device, warmup=warmup, reps=reps)
+                path = common.ran_differently(name)
                 if path:
                     row["ran_path"] = path
             except (RuntimeError, *common_errors()) as e:
@@ -145,7 +148,7 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
                 row["ratio_to_torch"] = r["median_ms"] / torch_ms[mode]
                 row["speedup_vs_torch"] = torch_ms[mode] / r["median_ms"]
             rows.append(row)
-        del model, xg
+        model = xg = fn = None     # free this backend's model before the next one is built
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -211,7 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-seq", type=int, default=None, help="T for --latency")
     ap.add_argument("--latency-dtype", default=None, help="dtype for --latency "
                     "(default bfloat16 on GPU, float32 on CPU)")
-    ap.add_argument("--grid", action="store_true", help="run the full grid even with --row/--latency")
+    ap.add_argument("--grid", action="store_true",
+                    help="run the full grid even with --row/--latency")
     ap.add_argument("--batch", type=int, nargs="+", help="override the grid's batch sizes")
     ap.add_argument("--hidden", type=int, nargs="+", help="override the grid's hidden sizes")
     ap.add_argument("--seq", type=int, nargs="+", help="override the grid's sequence lengths")
@@ -264,7 +268,8 @@ def main(argv=None) -> int:
     rows, skipped_all = [], {}
     torch.manual_seed(0)
     for i, (section, cfg, modes) in enumerate(plan):
-        names, skipped = common.select_backends(args.backends, device, common.parse_dtype(cfg["dtype"]))
+        names, skipped = common.select_backends(args.backends, device,
+                                                common.parse_dtype(cfg["dtype"]), variants=True)
         for n, why in skipped.items():
             skipped_all.setdefault(f"{n} ({cfg['dtype']})", why)
         new = measure(cfg, names, device, modes, warmup, reps, section)

@@ -1,4 +1,5 @@
-"""char-rnn sampling throughput (characters/s) at batch 1 and 64, per backend, against plain nn.LSTM.
+"""char-rnn sampling throughput (characters/s) at batch 1 and 64, per backend, against plain
+nn.LSTM.
 
 Usage (from the repository root)::
 
@@ -45,7 +46,8 @@ class PlainCharRNN:
         self.embed = charrnn.embed
         self.decoder = charrnn.decoder
         self.lstm = nn.LSTM(rnn.input_size, rnn.hidden_size, rnn.num_layers, batch_first=True)
-        self.lstm = self.lstm.to(device=charrnn.decoder.weight.device, dtype=charrnn.decoder.weight.dtype)
+        w = charrnn.decoder.weight
+        self.lstm = self.lstm.to(device=w.device, dtype=w.dtype)
         with torch.no_grad():
             self.lstm.load_state_dict(rnn.state_dict())
         self.lstm.eval()
@@ -78,6 +80,7 @@ def sample_fn_graphed(model, batch: int, length: int, device, seed: int = 0):
     (``charlstm.charrnn.sample.GraphedStep``, what ``charlstm sample --cuda-graph`` runs); the
     capture happens here, outside the timed calls.  Each call starts from a zero state."""
     import torch
+
     from charlstm.charrnn.sample import GraphedStep
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -127,7 +130,8 @@ def main(argv=None) -> int:
         names, skipped = common.select_backends(args.backends, device, dtype)
         notes += [f"skipped {n} ({common.dtype_name(dtype)}): {why}" for n, why in skipped.items()]
         torch.manual_seed(0)
-        model = CharRNN(args.vocab, args.rnn_size, args.num_layers).to(device=device, dtype=dtype).eval()
+        model = CharRNN(args.vocab, args.rnn_size, args.num_layers).to(device=device, dtype=dtype)
+        model.eval()
         candidates = [(BASELINE, PlainCharRNN(model))] + [(n, None) for n in names]
         if gpu and not args.no_graph:   # the same backends with the step in a CUDA graph
             candidates += [(n + GRAPHED, None) for n in names]
@@ -156,7 +160,8 @@ def main(argv=None) -> int:
                 if plain_ms:
                     row["speedup_vs_plain"] = plain_ms / r["median_ms"]
                 rows.append(row)
-                print(f"{name} {row['dtype']} B={batch}: {row['chars_per_s']:.0f} chars/s", flush=True)
+                print(f"{name} {row['dtype']} B={batch}: {row['chars_per_s']:.0f} chars/s",
+                      flush=True)
     config = dict(vars(args), length=length, reps=reps, dtypes=dtypes,
                   loop="CharRNN([B,1], state) -> softmax -> multinomial, per step",
                   baseline="nn.Embedding + torch.nn.LSTM + nn.Linear with the same weights")

@@ -28,7 +28,8 @@ from benchmarks import common  # noqa: E402
 
 COLUMNS = [("backend", "backend"), ("dtype", "dtype"), ("batch", "B"), ("seq", "T"),
            ("rnn_size", "H"), ("num_layers", "L"), ("median_ms", "ms/iter"),
-           ("chars_per_s", "chars/s"), ("speedup_vs_torch", "x torch"), ("loss_first", "loss first"),
+           ("chars_per_s", "chars/s"), ("speedup_vs_torch", "x torch"),
+           ("loss_first", "loss first"),
            ("loss_last", "loss last"), ("peak_mem_mib", "peak MiB"), ("error", "error")]
 
 
@@ -52,7 +53,8 @@ def train_step_fn(model, tokens, args, device, dtype):
         it[0] += 1
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
             logits, _ = model(xy[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xy[:, 1:].reshape(-1))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                   xy[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

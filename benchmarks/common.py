@@ -56,7 +56,8 @@ def parse_dtype(name: str):
     import torch
     key = DTYPES.get(str(name).lower())
     if key is None:
-        raise ValueError(f"unknown dtype {name!r}: expected one of {', '.join(sorted(set(DTYPES.values())))}")
+        names = ", ".join(sorted(set(DTYPES.values())))
+        raise ValueError(f"unknown dtype {name!r}: expected one of {names}")
     return getattr(torch, key)
 
 
@@ -122,10 +123,11 @@ def git_commit() -> Optional[str]:
 
 
 def environment(device) -> dict:
-    """Everything needed to interpret a number later: device, driver, library versions, commit, date."""
+    """Everything needed to interpret a number later: device, driver, library versions, commit,
+    date."""
     import torch
     env = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
         "device": str(device),
         "device_name": device_name(device),
@@ -139,9 +141,10 @@ def environment(device) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "triton": None,
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
-        # the triton backend's launch settings (charlstm.backends.triton.common.choose_launch)
+        # the triton backend's launch setting (charlstm.backends.triton.common.choose_launch)
         "triton_autotune": os.environ.get("CHARLSTM_TRITON_AUTOTUNE", "1") != "0",
-        "triton_schedule": os.environ.get("CHARLSTM_TRITON_SCHEDULE") or "default",
+        # kernel paths no backend's own choice may pick (the GPU check's canary sets it)
+        "disabled_variants": os.environ.get("CHARLSTM_DISABLED_VARIANTS") or None,
         "driver": None,
         "charlstm": None,
         # a busy machine skews timings, CPU ones most: recorded so a reader can tell
@@ -251,38 +254,57 @@ def lstm_flops(seq: int, batch: int, input_size: int, hidden: int, layers: int =
 
 
 # ----------------------------------------------------------------------------- backends
-def select_backends(requested: Optional[Iterable[str]], device, dtype) -> tuple[list, dict]:
+def select_backends(requested: Optional[Iterable[str]], device, dtype, *,
+                    variants: bool = False) -> tuple[list, dict]:
     """Which backends to run: ``(names, skipped)`` where ``skipped`` maps name -> reason.
 
-    Default (``requested`` None): every registered backend that can run here, except ``triton`` on
+    ``variants=False`` (the char-rnn benchmarks): backend names, each kernel backend running its
+    own choice of variant.  ``variants=True`` (``bench_lstm``): every concrete kernel path of
+    ``charlstm.backends.variants()`` (``triton:step``, ``cuda:persistent``, ...); a bare backend
+    name among ``requested`` stands for all its variants.
+
+    Default (``requested`` None): everything registered that can run here, except ``triton`` on
     a CPU (the interpreter is a correctness tool, not a performance target) and ``reference`` on a
     GPU (a Python loop of small kernels: the full grid would take hours); name them to include them.
-    ``torch`` always comes first because every ratio is taken against it.  A name may carry an
-    implementation path (``cuda:stepwise``); see :func:`backend_variants`.
+    ``torch`` always comes first because every ratio is taken against it.
     """
     from charlstm import backends as B
     explicit = requested is not None
-    names = list(requested) if explicit else list(B.BACKENDS)
-    for n in names:
-        B.validate_name(split_variant(n)[0])
+    names = [B.validate_name(n) for n in requested] if explicit else list(B.BACKENDS)
+    if variants:   # a bare backend name -> its concrete names
+        names = [c for n in names for c in (
+            [v for v in B.NAMES if v.startswith(n + ":")] if n in B.SELECTORS else [n])]
     if "torch" in names:
         names.remove("torch")
     names.insert(0, "torch")
     run, skipped = [], {}
     for n in names:
-        if n == "triton" and device.type == "cpu" and not explicit:
-            skipped[n] = "Triton interpreter on CPU (slow); pass --backends ...,triton to include it"
+        backend = B.parse_name(n)[0]
+        if backend == "triton" and device.type == "cpu" and not explicit:
+            skipped["triton"] = ("Triton interpreter on CPU (slow); pass --backends ...,triton to "
+                                 "include it")
             continue
         if n == "reference" and device.type == "cuda" and not explicit:
             skipped[n] = ("the specification (a Python loop of small ops), not a performance "
                           "target on a GPU; pass --backends ...,reference to include it")
             continue
-        why = B.unavailable_reason(split_variant(n)[0], device, dtype)
+        why = B.unavailable_reason(n, device, dtype)
         if why:
             skipped[n] = why
         else:
             run.append(n)
     return run, skipped
+
+
+def ran_differently(name: str) -> Optional[str]:
+    """``charlstm.backends.last_run()`` as text when a kernel path other than ``name`` ran
+    (a bare name's own choice, or a documented fallback such as ``cuda:persistent_tc`` running
+    ``cuda:persistent`` for float32); None when ``name`` itself ran, or for ``torch``."""
+    from charlstm import backends as B
+    ran = B.last_run()
+    if not B.is_core(name) or not ran or set(ran.values()) == {name}:
+        return None
+    return ", ".join(f"{k}: {v}" for k, v in ran.items())
 
 
 # ----------------------------------------------------------------------------- results
@@ -306,7 +328,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def environment_markdown(env: dict) -> str:
     keys = ["date_utc", "device_name", "device_kind", "driver", "torch", "cuda", "cudnn", "triton",
-            "triton_interpret", "triton_autotune", "triton_schedule", "git_commit", "python", "cpu_count", "torch_threads", "loadavg_1m",
+            "triton_interpret", "triton_autotune", "disabled_variants", "git_commit", "python",
+            "cpu_count", "torch_threads", "loadavg_1m",
             "loadavg_1m_end"]
     return "\n".join(f"- {k}: {fmt(env.get(k))}" for k in keys)
 
@@ -314,7 +337,8 @@ def environment_markdown(env: dict) -> str:
 def write_results(out_dir, name: str, env: dict, config: dict, rows: Sequence[dict],
                   columns: Sequence[tuple[str, str]], title: str,
                   notes: Sequence[str] = ()) -> dict:
-    """Write ``<name>.json`` (environment, config, rows) and ``<name>.md`` (a table) into ``out_dir``.
+    """Write ``<name>.json`` (environment, config, rows) and ``<name>.md`` (a table) into
+    ``out_dir``.
 
     Returns ``{"json": path, "md": path}``.  A CPU run is labelled as such in the title and
     the file name is expected to carry the device kind.
@@ -325,7 +349,8 @@ def write_results(out_dir, name: str, env: dict, config: dict, rows: Sequence[di
                "notes": list(notes)}
     jpath = out / f"{name}.json"
     _write_atomic(jpath, json.dumps(payload, indent=1, default=str) + "\n")
-    label = "CPU run: not GPU numbers" if env.get("device", "").startswith("cpu") else env.get("device_name")
+    cpu = env.get("device", "").startswith("cpu")
+    label = "CPU run: not GPU numbers" if cpu else env.get("device_name")
     md = [f"# {title} ({label})", "", environment_markdown(env), ""]
     md += [f"> {n}" for n in notes]
     if notes:
@@ -398,7 +423,8 @@ def add_common_args(ap) -> None:
     """Arguments every script shares: device, backends, output folder, tag."""
     ap.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
     ap.add_argument("--backends", type=lambda s: s.split(","), default=None,
-                    help="comma-separated backends (default: all available here; torch always runs)")
+                    help="comma-separated backends (default: all available here; torch always "
+                         "runs)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/)")
     ap.add_argument("--tag", default=None, help="suffix for the output file names")
     ap.add_argument("--threads", type=int, default=None,
@@ -435,53 +461,6 @@ def cpu_notes(device, env: Optional[dict] = None) -> list:
         notes.append(f"The machine was busy (1-minute load average {start:.0f} at the start, "
                      f"{end:.0f} at the end, on {cores} cores): these timings are unreliable.")
     return notes
-
-
-# ----------------------------------------------------------------------------- backend variants
-def backend_variants(names: Iterable[str]) -> list:
-    """Expand ``cuda`` into one variant per implementation path (``cuda:persistent``,
-    ``cuda:stepwise``) when the cuda backend module exposes ``PATHS``; other names stay as they are.
-    """
-    out = []
-    for n in names:
-        if n == "cuda":
-            try:
-                from charlstm.backends import cuda as cuda_backend
-                paths = [p for p in cuda_backend.PATHS if p != "auto"]
-            except Exception:  # noqa: BLE001  (unavailable: keep the plain name, it will be skipped)
-                paths = []
-            out += [f"cuda:{p}" for p in paths] or ["cuda"]
-        else:
-            out.append(n)
-    return out
-
-
-def split_variant(variant: str) -> tuple:
-    """``"cuda:persistent"`` -> ``("cuda", "persistent")``; ``"torch"`` -> ``("torch", None)``."""
-    name, _, path = variant.partition(":")
-    return name, (path or None)
-
-
-def variant_context(variant: str):
-    """A context manager that selects the variant's implementation path (a no-op for plain names)."""
-    import contextlib
-    name, path = split_variant(variant)
-    if name == "cuda" and path:
-        from charlstm.backends import cuda as cuda_backend
-        return cuda_backend.use_path(path)
-    return contextlib.nullcontext()
-
-
-def ran_path(variant: str) -> Optional[str]:
-    """Which path the cuda backend says its last call ran (None for other backends)."""
-    name, _ = split_variant(variant)
-    if name != "cuda":
-        return None
-    try:
-        from charlstm.backends import cuda as cuda_backend
-        return str(cuda_backend.last_path())
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def finish(script: str, tag, out_dir, env: dict, device, config: dict, rows: Sequence[dict],

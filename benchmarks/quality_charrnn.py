@@ -3,13 +3,15 @@
 Both models train on tiny-shakespeare (``../shared/corpora/tinyshakespeare.txt`` from the project
 root, char-rnn's 95/5 split) with the same data pipeline (char-rnn stream batches, carried
 state), the same initial weights (copied), optimizer (RMSprop 2e-3, alpha 0.95), gradient clamp
-(5) and seed, each for ``--budget-s`` seconds of *process CPU time* spent training (``time.process_time``,
+(5) and seed, each for ``--budget-s`` seconds of *process CPU time* spent training
+(``time.process_time``,
 validation excluded; with ``--threads 1`` by default, so a busy shared machine slows the run
 down but does not change how much work fits in the budget). The
 only difference is the model class, so this measures what the charlstm layer costs or saves and
 checks that it learns as well.  Prints a Markdown table and one JSON line.
 
-    python benchmarks/quality_charrnn.py --budget-s 300 [--threads 1] [--device cpu] [--backend auto]
+    python benchmarks/quality_charrnn.py --budget-s 300 [--threads 1] [--device cpu] \
+        [--backend auto]
 """
 from __future__ import annotations
 
@@ -124,8 +126,8 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "params": sum(q.numel() for q in ours.parameters()),
             "budget_s": args.budget_s, "data": corpus.source, "vocab": len(corpus.vocab),
             "batch_size": args.batch_size, "seq_length": args.seq_length}
-    print(f"| model | iterations | train CPU s | wall s | chars/CPU s | epochs | val loss (nats) "
-          f"| bits/char |")
+    print("| model | iterations | train CPU s | wall s | chars/CPU s | epochs | val loss (nats) "
+          "| bits/char |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['iterations']} | {r['train_cpu_s']} | {r['train_wall_s']} | "

@@ -49,8 +49,11 @@ def test_select_backends_puts_torch_first_and_explains_skips():
     assert names == ["torch", "reference"]
     with pytest.raises(ValueError):
         common.select_backends(["nope"], cpu, torch.float32)
-    assert common.split_variant("cuda:stepwise") == ("cuda", "stepwise")
-    assert "torch" in common.backend_variants(["torch", "cuda"])
+    names, skipped = common.select_backends(["Triton", "reference"], cpu, torch.float32,
+                                            variants=True)   # a bare name: all its variants
+    assert names[0] == "torch" and names[-1] == "reference"
+    assert set(names[1:-1]) | set(skipped) == {"triton:persistent", "triton:sequence",
+                                               "triton:step"}
 
 
 def test_time_fn_counts_reps():
@@ -80,7 +83,8 @@ def test_bench_lstm_end_to_end(tmp_path):
     data, path = _load(tmp_path, "bench_lstm")
     rows = data["rows"]
     assert {r["section"] for r in rows} == {"grid", "row", "latency"}
-    assert len([r for r in rows if r["section"] == "grid"]) == 2 * 2 * 2 * 2   # B x H x backends x modes
+    # B x H x backends x modes
+    assert len([r for r in rows if r["section"] == "grid"]) == 2 * 2 * 2 * 2
     for r in rows:
         assert "error" not in r, r
         assert r["median_ms"] > 0 and r["tflops"] > 0
@@ -118,9 +122,11 @@ def test_bench_lstm_killed_run_keeps_what_it_measured(tmp_path, monkeypatch):
 
 
 def test_bench_train_and_sample_end_to_end(tmp_path):
-    dev = ["--device", "cuda" if GPU else "cpu", "--out", str(tmp_path), "--backends", "torch,reference"]
+    dev = ["--device", "cuda" if GPU else "cpu", "--out", str(tmp_path),
+           "--backends", "torch,reference"]
     assert bench_train.main(["--rnn-size", "8", "--num-layers", "1", "--batch", "2", "--seq", "4",
-                             "--iters", "2", "--warmup-iters", "0", "--dtypes", "float32"] + dev) == 0
+                             "--iters", "2", "--warmup-iters", "0", "--dtypes", "float32"]
+                            + dev) == 0
     data, _ = _load(tmp_path, "bench_train")
     assert [r["backend"] for r in data["rows"]] == ["torch", "reference"]
     assert all(r["chars_per_s"] > 0 and "error" not in r for r in data["rows"])
@@ -146,7 +152,8 @@ def test_gpu_canary_script_runs_under_the_interpreter():
     p = subprocess.run([sys.executable, canary, "triton:persistent", "--device", "cpu",
                         "--shape", "4,5,24"], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "triton:persistent float32 T=4 B=5 H=24: ran triton:persistent/triton:persistent" in p.stdout
+    want = "triton:persistent float32 T=4 B=5 H=24: ran triton:persistent/triton:persistent"
+    assert want in p.stdout
     assert "within the 2x rule" in p.stdout
     p = subprocess.run([sys.executable, canary, "cuda:persistent"], capture_output=True, text=True,
                        timeout=120, env=env)

@@ -15,8 +15,8 @@ CI runs them in smoke mode, each once and untimed (< 60 s on a CPU)::
 Each test checks that the call produced finite outputs (and gradients) of the right shapes, so the
 smoke run fails when a backend breaks.  Sizes: small ones on a CPU, representative ones on a GPU.
 A backend that cannot run here is skipped with its reason; the Triton interpreter on a CPU is
-skipped unless ``CHARLSTM_BENCH_INTERPRETER=1``.  The cuda backend runs once per implementation
-path (``cuda:persistent``, ``cuda:stepwise``).
+skipped unless ``CHARLSTM_BENCH_INTERPRETER=1``.  One test per kernel path of
+``charlstm.backends.variants()`` (``triton:step``, ``cuda:persistent``, ...).
 """
 from __future__ import annotations
 
@@ -38,10 +38,12 @@ SIZES = ([(16, 256, 256, "bfloat16"), (64, 128, 1024, "bfloat16"), (1, 512, 512,
 MODES = ("fwd", "fwd+bwd")
 
 
-def _skip_reason(backend: str, dtype: torch.dtype):
-    if backend == "triton" and not GPU and os.environ.get("CHARLSTM_BENCH_INTERPRETER") != "1":
-        return "Triton interpreter on CPU is not a performance target (CHARLSTM_BENCH_INTERPRETER=1)"
-    return backends.unavailable_reason(backend, DEVICE, dtype)
+def _skip_reason(variant: str, dtype: torch.dtype):
+    if (backends.parse_name(variant)[0] == "triton" and not GPU
+            and os.environ.get("CHARLSTM_BENCH_INTERPRETER") != "1"):
+        return ("Triton interpreter on CPU is not a performance target "
+                "(CHARLSTM_BENCH_INTERPRETER=1)")
+    return backends.unavailable_reason(variant, DEVICE, dtype)
 
 
 def _size_id(size) -> str:
@@ -51,19 +53,18 @@ def _size_id(size) -> str:
 
 @pytest.mark.parametrize("size", SIZES, ids=_size_id)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("variant", common.backend_variants(backends.BACKENDS))
+@pytest.mark.parametrize("variant", backends.NAMES)
 def test_lstm_throughput(benchmark, variant, mode, size):
     B, T, H, dname = size
     dtype = common.parse_dtype(dname)
-    backend, _ = common.split_variant(variant)
-    why = _skip_reason(backend, dtype)
+    why = _skip_reason(variant, dtype)
     if why:
         pytest.skip(f"{variant}: {why}")
     benchmark.group = f"{mode} {_size_id(size)} on {common.device_kind(DEVICE)}"
     benchmark.extra_info.update(backend=variant, mode=mode, batch=B, seq=T, hidden=H, dtype=dname,
                                 tflop=common.lstm_flops(T, B, H, H, backward=mode != "fwd") / 1e12)
     torch.manual_seed(0)
-    model = charlstm.LSTM(H, H, backend=backend).to(DEVICE, dtype)
+    model = charlstm.LSTM(H, H, backend=variant).to(DEVICE, dtype)
     x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode != "fwd")
     dy = torch.randn(T, B, H, device=DEVICE, dtype=dtype)
 
@@ -79,9 +80,8 @@ def test_lstm_throughput(benchmark, variant, mode, size):
         common.synchronize(DEVICE)
         return y, h, c
 
-    with common.variant_context(variant):
-        y, h, c = benchmark(run)
-        path = common.ran_path(variant)
+    y, h, c = benchmark(run)
+    path = common.ran_differently(variant)
     if path:
         benchmark.extra_info["ran_path"] = path
     assert y.shape == (T, B, H) and h.shape == c.shape == (1, B, H)

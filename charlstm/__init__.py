@@ -4,13 +4,14 @@ Public API::
 
     charlstm.LSTM(...)              # drop-in for torch.nn.LSTM, plus backend="auto"
     charlstm.convert_lstm(model)    # swap every nn.LSTM inside a model, in place
-    charlstm.use_backend("triton")  # context manager (CHARLSTM_BACKEND does the same process-wide)
+    charlstm.use_backend("triton:step")  # context manager (CHARLSTM_BACKEND: process-wide)
+    charlstm.backends.variants()    # every kernel path ("backend:variant"): can it run here?
     charlstm.CharRNN, charlstm.train, charlstm.sample, charlstm.evaluate   # the char-rnn app
 """
 from ._version import __version__
 from .backends import BACKENDS, BackendUnavailable, use_backend
-from .lstm import LSTM, convert_lstm
 from .charrnn import CharRNN, evaluate, sample, train
+from .lstm import LSTM, convert_lstm
 
 __all__ = ["__version__", "LSTM", "convert_lstm", "use_backend", "BACKENDS", "BackendUnavailable",
            "CharRNN", "train", "sample", "evaluate"]

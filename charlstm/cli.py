@@ -11,9 +11,22 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .backends import BACKENDS, CHOICES, SELECTORS, validate_name
+
 __all__ = ["main", "build_parser"]
 
-BACKENDS = ("auto", "torch", "reference", "triton", "cuda")
+#: ``--backend``'s metavar, from the registry: {auto,reference,torch,triton[:VARIANT],...}
+BACKEND_METAVAR = "{" + ",".join(["auto"] + [b + ("[:VARIANT]" if b in SELECTORS else "")
+                                             for b in BACKENDS]) + "}"
+
+
+def backend_name(name: str) -> str:
+    """``--backend``'s type: any name of :data:`charlstm.backends.CHOICES`, case-insensitive."""
+    try:
+        return validate_name(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {name!r}: expected one of {', '.join(CHOICES)}") from None
 
 
 def _add_train(sub) -> None:
@@ -34,7 +47,7 @@ def _add_train(sub) -> None:
     g.add_argument("--rnn-size", type=int, default=128)
     g.add_argument("--num-layers", type=int, default=2)
     g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--backend", default="auto", choices=BACKENDS,
+    g.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR,
                    help="charlstm.LSTM backend")
     g = p.add_argument_group("optimisation")
     g.add_argument("--seq-length", type=int, default=50)
@@ -80,7 +93,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--argmax", action="store_true", help="always take the likeliest character")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (a batch)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
+    p.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR,
                    help="charlstm.LSTM backend (whatever trained the checkpoint)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="on a GPU, replay each step from a CUDA graph (less launch overhead; "
@@ -99,7 +112,7 @@ def _add_eval(sub) -> None:
                    help="chunk length (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"))
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR)
     p.add_argument("--stdlib-cap", type=int, default=DEFAULT_STDLIB_CAP,
                    help="size cap in bytes of the bundled corpus (without --data)")
     p.add_argument("--json", dest="json_output", action="store_true",

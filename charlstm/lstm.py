@@ -49,8 +49,8 @@ def _reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 class LSTM(nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM` with a selectable backend.
 
-    Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``
-    (``"auto"``, ``"reference"``, ``"torch"``, ``"triton"`` or ``"cuda"``).  The
+    Arguments are those of ``torch.nn.LSTM`` plus the keyword-only ``backend``: ``"auto"``, a
+    kernel path ``"backend:variant"`` or a bare backend name (:mod:`charlstm.backends`).  The
     :func:`charlstm.use_backend` context and the ``CHARLSTM_BACKEND`` environment variable
     override it.  ``forward(input, hx=None) -> (output, (h_n, c_n))`` as in ``nn.LSTM``.
     """
@@ -100,7 +100,8 @@ class LSTM(nn.RNNBase):
                              f"{tuple(data.shape)})")
         w = self.weight_ih_l0
         if not data.is_floating_point():
-            raise TypeError(f"charlstm.LSTM: input must be a floating-point tensor, got {data.dtype}")
+            raise TypeError(f"charlstm.LSTM: input must be a floating-point tensor, "
+                            f"got {data.dtype}")
         if data.device != w.device:
             raise RuntimeError(f"charlstm.LSTM: input is on {data.device} but the weights are on "
                                f"{w.device}; move one of them (e.g. model.to({data.device!s}))")
@@ -158,7 +159,9 @@ class LSTM(nn.RNNBase):
         sfx = f"l{layer}" + ("_reverse" if reverse else "")
         w_ih = getattr(self, f"weight_ih_{sfx}")
         w_hh = getattr(self, f"weight_hh_{sfx}")
-        b = (getattr(self, f"bias_ih_{sfx}") + getattr(self, f"bias_hh_{sfx}")) if self.bias else None
+        b = None
+        if self.bias:
+            b = getattr(self, f"bias_ih_{sfx}") + getattr(self, f"bias_hh_{sfx}")
         w_hr = getattr(self, f"weight_hr_{sfx}") if self.proj_size > 0 else None
         return w_ih, w_hh, b, w_hr
 
@@ -192,7 +195,8 @@ class LSTM(nn.RNNBase):
                 h0 = h0.index_select(1, input.sorted_indices)
                 c0 = c0.index_select(1, input.sorted_indices)
 
-        cast = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        dev = x.device.type
+        cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         if cast is not None:
             x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
         with torch.autocast(x.device.type, enabled=False):

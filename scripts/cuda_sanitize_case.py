@@ -23,8 +23,7 @@ from __future__ import annotations
 import sys
 
 import torch
-
-from gpu_canary import SKIP_RC, check_variant, default_dtype   # scripts/ is on sys.path
+from gpu_canary import SKIP_RC, check_variant, default_dtype  # scripts/ is on sys.path
 
 from charlstm import backends
 
@@ -53,7 +52,8 @@ def main(argv=None) -> int:
             problems, note = [f"{type(e).__name__}: {e}"], name
         ran += 1
         failures += bool(problems)
-        print(("FAIL  " if problems else "ok    ") + note + "".join(f"\n      {p}" for p in problems))
+        detail = "".join(f"\n      {p}" for p in problems)
+        print(("FAIL  " if problems else "ok    ") + note + detail)
     if not ran:
         print(f"cuda_sanitize_case: cannot run here: none of {', '.join(names)} is available")
         return SKIP_RC

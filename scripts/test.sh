@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install charlstm with its test extras and run the whole CPU test suite:
-#   1. the unit/conformance tests (Triton kernels under the Triton interpreter),
-#   2. the throughput benchmarks in smoke mode (each runs once, nothing is timed or compared),
-#   3. the CUDA sources' compile check (nvcc, sm_80 + sm_90, warnings as errors), if nvcc exists.
+#   1. ruff (the lint rules of pyproject.toml) over the whole tree,
+#   2. the unit/conformance tests (Triton kernels under the Triton interpreter),
+#   3. the throughput benchmarks in smoke mode (each runs once, nothing is timed or compared),
+#   4. the CUDA sources' compile check (nvcc, sm_80 + sm_90, warnings as errors), if nvcc exists.
 # Exits non-zero if anything fails.  Tests marked `cuda` are skipped without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ fi
 
 status=0
 export TRITON_INTERPRET=${TRITON_INTERPRET:-$("$PY" -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
+"$PY" -m ruff check . || status=1
 "$PY" -m pytest tests "$@" || status=1
 "$PY" -m pytest benchmarks/test_throughput.py benchmarks/test_scripts.py --benchmark-disable -q || status=1
 if [ -f scripts/check_cuda_compile.sh ]; then

@@ -2,8 +2,9 @@
 
 Without a CUDA GPU the Triton kernels run under the Triton interpreter, which must be switched
 on before ``triton.jit`` decorates anything: this file sets ``TRITON_INTERPRET=1`` before any
-charlstm module is imported.  Tests marked ``cuda`` are skipped without a GPU, and on a GPU
-the tests that force a kernel path ``scripts/gpu_check.sh``'s canary saw hang are skipped.
+charlstm module is imported.  Tests marked ``cuda`` are skipped without a GPU.  A test
+parametrized with a kernel path that ``CHARLSTM_DISABLED_VARIANTS`` disables (e.g. one the GPU
+check's canary saw hang) is skipped, naming the variable.
 """
 import os
 
@@ -17,26 +18,23 @@ if not HAS_CUDA:
 os.environ.pop("CHARLSTM_BACKEND", None)
 
 
-#: kernel paths that ``scripts/gpu_check.sh``'s canary step saw fail or hang on this GPU
-#: (``scripts/gpu_canary.py``), and the tests that force them: (test file, words of the test
-#: id).  Tests that only use a default path are steered by the defaults the canary step sets
-#: (``CHARLSTM_TRITON_SCHEDULE``, ``CHARLSTM_CUDA_PATH``) instead of being skipped.
-CANARY_FAILED = set(os.environ.get("CHARLSTM_GPU_CANARY_FAILED", "").split())
-CANARY_FORCES = {
-    "triton-persistent": ("test_triton_kernels.py", ("persistent",)),
-    "cuda-persistent": ("test_cuda_backend.py", ("persistent", "auto")),
-    "cuda-persistent_tc": ("test_cuda_backend.py", ("persistent_tc", "tensor_core", "auto")),
-}
+def _disabled_params(item, disabled: frozenset) -> list:
+    """The parameters of ``item`` that name a disabled kernel path."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return sorted({v.lower() for v in params.values() if isinstance(v, str)
+                   and v.lower() in disabled})
 
 
 def pytest_collection_modifyitems(config, items):
-    for kind in sorted(CANARY_FAILED & set(CANARY_FORCES)):
-        path, words = CANARY_FORCES[kind]
-        skip = pytest.mark.skip(reason=f"scripts/gpu_canary.py {kind} failed or hung in this GPU "
-                                       f"check (CHARLSTM_GPU_CANARY_FAILED); see its log")
+    from charlstm import backends
+    disabled = backends.disabled_variants()
+    if disabled:
+        raw = os.environ[backends.DISABLED_ENV]
         for item in items:
-            if item.nodeid.split("::")[0].endswith(path) and any(w in item.nodeid for w in words):
-                item.add_marker(skip)
+            names = _disabled_params(item, disabled)
+            if names:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"{', '.join(names)} disabled by {backends.DISABLED_ENV}={raw!r}"))
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")

@@ -41,7 +41,8 @@ class Case:
                     bidirectional=self.bidirectional, proj_size=self.proj_size)
 
     def id(self) -> str:
-        parts = [self.kind, f"L{self.num_layers}", f"T{self.T}", f"B{self.B}", f"H{self.hidden_size}"]
+        parts = [self.kind, f"L{self.num_layers}", f"T{self.T}", f"B{self.B}",
+                 f"H{self.hidden_size}"]
         if not self.bias:
             parts.append("nobias")
         if self.batch_first:
@@ -110,8 +111,8 @@ def run_one(module, case: Case, data: dict) -> dict:
     out, (h_n, c_n) = module(inp, hxi)
     out_t = out.data if isinstance(out, PackedSequence) else out
     g = torch.Generator().manual_seed(7)
-    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum()
-               for t in (out_t, h_n, c_n))
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)
+                .to(t.device)).sum() for t in (out_t, h_n, c_n))
     wrt = [xi] + list(hxi or []) + [p for _, p in module.named_parameters()]
     grads = torch.autograd.grad(loss, wrt)
     names = ["d_input"] + (["d_h0", "d_c0"] if hxi else []) + \

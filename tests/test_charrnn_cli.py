@@ -1,4 +1,5 @@
-"""``python -m charlstm train|sample|eval|info`` end to end, in subprocesses, on the bundled corpus."""
+"""``python -m charlstm train|sample|eval|info`` end to end, in subprocesses, on the bundled
+corpus."""
 import importlib.util
 import json
 import os
@@ -45,7 +46,7 @@ def test_train_sample_eval_on_bundled_corpus(tmp_path, env):
     assert re.search(r"iter 20 \(epoch [\d.]+\): val loss \d", p.stderr)
     assert {"latest.pt", "best.pt", "metrics.jsonl", "loss_curve.png"} <= {
         f.name for f in ck.iterdir()}
-    recs = [json.loads(l) for l in (ck / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in recs if r.get("split") == "train"] == list(range(1, 21))
 
     s = run("sample", str(ck), "--length", "40", "--prime", "def ", "--seed", "3", env=env)

@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from charlstm.charrnn import CharRNN, checkpoint as ckpt_io, train
+from charlstm.charrnn import CharRNN, train
+from charlstm.charrnn import checkpoint as ckpt_io
 from charlstm.charrnn.data import CACHE_ENV, StreamBatcher, load_corpus
 from charlstm.charrnn.train import batch_loss
 

@@ -1,4 +1,5 @@
-"""charlstm.charrnn.CharRNN: shapes, char-rnn initialisation, state carrying, kernel backend path."""
+"""charlstm.charrnn.CharRNN: shapes, char-rnn initialisation, state carrying, kernel backend
+path."""
 import pytest
 import torch
 

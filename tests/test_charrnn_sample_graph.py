@@ -11,8 +11,10 @@ import warnings
 import pytest
 import torch
 
+from charlstm import backends
 from charlstm.charrnn import CharRNN
 from charlstm.charrnn.sample import GraphedStep, generate
+from charlstm.testing import skip_unless_runs
 
 
 def _model(device, backend="auto", dtype=torch.float32):
@@ -32,23 +34,17 @@ def test_flag_is_ignored_off_gpu():
     assert torch.equal(a, b)
 
 
-def _gpu_backends():
-    out = ["torch"]
-    from charlstm import backends
-    for name in ("triton", "cuda"):
-        if torch.cuda.is_available() and backends.unavailable_reason(name, torch.device("cuda"),
-                                                                      torch.float32) is None:
-            out.append(name)
-    return out
+#: the backends that sample on a GPU, each with its own choice of variant (not the reference: a
+#: Python loop of small ops, the specification)
+GPU_BACKENDS = [b for b in backends.BACKENDS if b != "reference" and backends.runs_on(b, "cuda")]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_graphed_argmax_matches_eager(backend):
     """Greedy sampling is deterministic: the replayed steps give exactly the eager ids, with and
     without a prime, at batch 1 and 3; and no fallback warning (the capture worked)."""
-    if backend not in _gpu_backends():
-        pytest.skip(f"{backend} cannot run on this GPU")
+    skip_unless_runs(backend, torch.device("cuda"), torch.float32)
     m = _model("cuda", backend)
     for prime, n in ((torch.tensor([4, 5, 6]), 1), (None, 3)):
         gen = torch.Generator(device="cuda")

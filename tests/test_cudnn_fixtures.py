@@ -41,6 +41,7 @@ import torch
 
 import charlstm
 from charlstm import backends
+from charlstm.testing import skip_unless_runs
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("cudnn_fixtures_generate",
@@ -49,7 +50,8 @@ gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
 
 FIXTURE_DIR = Path(os.environ.get("CHARLSTM_CUDNN_FIXTURES", HERE / "cudnn_fixtures"))
-KERNEL_BACKENDS = ("reference", "triton", "cuda")
+#: every kernel backend (each with its own choice of variant), from the registry
+KERNEL_BACKENDS = tuple(b for b in backends.BACKENDS if backends.is_core(b))
 #: check 1: how far cuDNN may be from the float64 reference, in eps(dtype) * scale.  The CPU
 #: stand-in measured at most ~6 (long_seq); 32 leaves room for cuDNN's different summation order
 #: while a wrong gate order or a dropped initial state is off by orders of magnitude in float32.
@@ -72,7 +74,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(dtype_name: str) -> dict:
     path = FIXTURE_DIR / f"lstm_{dtype_name}.pt"
     if not path.is_file():
@@ -105,7 +107,7 @@ def flatten(outputs: dict, grads: dict) -> dict:
     return flat
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference64(dtype_name: str, case: str) -> dict:
     """The float64 answer: the reference backend on the stored inputs upcast to float64."""
     c = load(dtype_name)["cases"][case]
@@ -115,7 +117,8 @@ def reference64(dtype_name: str, case: str) -> dict:
 
 def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     if a.shape != ref.shape:
-        raise AssertionError(f"shape {tuple(a.shape)} differs from the reference's {tuple(ref.shape)}")
+        raise AssertionError(f"shape {tuple(a.shape)} differs from the reference's "
+                             f"{tuple(ref.shape)}")
     return (a.double() - ref).abs().max().item() if ref.numel() else 0.0
 
 
@@ -128,7 +131,8 @@ def fixture_errors(dtype_name: str, case: str) -> dict:
     fix = flatten(c["outputs"], c["grads"])
     ref = reference64(dtype_name, case)
     if set(fix) != set(ref):
-        raise AssertionError(f"fixture tensors {sorted(fix)} differ from the reference's {sorted(ref)}")
+        raise AssertionError(f"fixture tensors {sorted(fix)} differ from the reference's "
+                             f"{sorted(ref)}")
     return {k: max_err(fix[k], ref[k]) for k in ref}
 
 
@@ -136,7 +140,8 @@ def _record(record_property, dtype_name, case):
     """Record where the fixtures came from; skip a case whose generation failed on the device."""
     data = load(dtype_name)
     meta = data["metadata"]
-    record_property("fixture_source", f"{meta['source']} on {meta['device_name']} ({meta['date_utc']})")
+    record_property("fixture_source",
+                    f"{meta['source']} on {meta['device_name']} ({meta['date_utc']})")
     err = data["cases"][case].get("error")
     if err:
         pytest.skip(f"{meta['source']} could not run this case when the fixtures were made: {err}")
@@ -179,7 +184,8 @@ def test_fixture_matches_float64_reference(dtype_name, case, record_property):
     errs = fixture_errors(dtype_name, case)
     bad = {k: f"err {e:.3g} > {FIXTURE_TOL_EPS * eps * scale(ref[k]):.3g}"
            for k, e in errs.items() if e > FIXTURE_TOL_EPS * eps * scale(ref[k])}
-    assert not bad, f"{SOURCE[dtype_name]} fixture vs float64 reference ({dtype_name}, {case}): {bad}"
+    assert not bad, (f"{SOURCE[dtype_name]} fixture vs float64 reference ({dtype_name}, {case}): "
+                     f"{bad}")
 
 
 def _kernel_device(backend: str) -> torch.device:
@@ -207,17 +213,17 @@ def test_backend_within_2x_of_fixture_error(backend, dtype_name, case, record_pr
     _record(record_property, dtype_name, case)
     dtype = getattr(torch, dtype_name)
     device = _kernel_device(backend)
-    why = backends.unavailable_reason(backend, device, dtype)
-    if why:
-        pytest.skip(f"{backend} unavailable on {device} for {dtype_name}: {why}")
+    skip_unless_runs(backend, device, dtype)
     if (backend == "triton" and device.type == "cpu" and case in INTERPRETER_SKIP
             and os.environ.get("CHARLSTM_FIXTURES_FULL") != "1"):
         pytest.skip("T=512 is too slow under the Triton interpreter (~30 s): checked on a GPU, or "
                     "set CHARLSTM_FIXTURES_FULL=1")
     c = load(dtype_name)["cases"][case]
-    module = gen.build_lstm(c["config"], charlstm.LSTM, backend=backend).to(device=device, dtype=dtype)
+    module = gen.build_lstm(c["config"], charlstm.LSTM, backend=backend).to(device=device,
+                                                                           dtype=dtype)
     got = flatten(*gen.run_case(module, c["config"], c["inputs"], device, dtype))
-    bad = check_within_2x(got, reference64(dtype_name, case), fixture_errors(dtype_name, case), dtype)
+    bad = check_within_2x(got, reference64(dtype_name, case), fixture_errors(dtype_name, case),
+                          dtype)
     assert not bad, (f"{backend} vs float64 reference, bound from the {SOURCE[dtype_name]} "
                      f"fixture: {bad}")
 
@@ -228,7 +234,8 @@ def test_checks_catch_a_wrong_gate_order():
     c = load(dtype_name)["cases"][case]
     H = c["config"]["hidden"]
     swapped = dict(c["inputs"])
-    perm = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+    perm = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H),
+                      torch.arange(2 * H, 3 * H)])
     swapped["params"] = {k: v[perm] for k, v in c["inputs"]["params"].items()}
     module = gen.build_lstm(c["config"], charlstm.LSTM, backend="reference")
     got = flatten(*gen.run_case(module, c["config"], swapped, CPU, torch.float32))

@@ -142,10 +142,13 @@ def test_unbatched_hx_must_be_2d(lstm):
 
 
 def test_dtype_mismatches(lstm):
-    with pytest.raises(RuntimeError, match=r"input dtype torch.float64 does not match the weights' dtype torch.float32"):
+    with pytest.raises(RuntimeError, match=r"input dtype torch.float64 does not match the "
+                                           r"weights' dtype torch.float32"):
         lstm(torch.randn(3, 2, 4, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match=r"h_0 dtype torch.float64 does not match input dtype torch.float32"):
-        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64), torch.zeros(2, 2, 6)))
+    with pytest.raises(RuntimeError, match=r"h_0 dtype torch.float64 does not match input dtype "
+                                           r"torch.float32"):
+        lstm(torch.randn(3, 2, 4), (torch.zeros(2, 2, 6, dtype=torch.float64),
+                                    torch.zeros(2, 2, 6)))
     with pytest.raises(TypeError, match="floating-point"):
         lstm(torch.ones(3, 2, 4, dtype=torch.long))
 
@@ -171,7 +174,8 @@ def no_native_lstm(monkeypatch):
 
 
 def test_native_lstm_patch_is_effective(no_native_lstm):
-    """Control: with the patch in place torch's own nn.LSTM must fail, else the test below proves nothing."""
+    """Control: with the patch in place torch's own nn.LSTM must fail, else the test below
+    proves nothing."""
     with pytest.raises(AssertionError, match="native LSTM"):
         nn.LSTM(4, 6)(torch.randn(3, 2, 4))
 
@@ -207,16 +211,6 @@ def test_gradcheck_through_layer_bidirectional_proj():
     assert torch.autograd.gradcheck(f, (x, h0, c0))
 
 
-def test_opcheck_reference_ops():
-    T, B, H = 3, 2, 4
-    xproj, w = torch.randn(T, B, 4 * H), torch.randn(4 * H, H)
-    h0, c0 = torch.randn(B, H), torch.randn(B, H)
-    lengths = torch.tensor([3, 1], dtype=torch.int32)
-    for ln in (None, lengths):
-        args = (xproj.requires_grad_(), w.requires_grad_(), h0.requires_grad_(), c0.requires_grad_(), ln)
-        torch.library.opcheck(reference.core.fwd_op, args)
-
-
 def test_torch_compile_fullgraph_reference():
     m = charlstm.LSTM(4, 6, backend="reference")
     x = torch.randn(3, 2, 4)
@@ -226,14 +220,16 @@ def test_torch_compile_fullgraph_reference():
 
 # ----------------------------------------------------------------- backend choice
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*reference, torch, triton, cuda, auto"):
+    with pytest.raises(ValueError, match=r"unknown charlstm backend 'cudnn'.*auto, reference, "
+                                         r"torch, triton, triton:persistent, .*, cuda:stepwise"):
         charlstm.LSTM(3, 4, backend="cudnn")
 
 
 def test_unavailable_backend_says_why(monkeypatch):
     monkeypatch.setattr(backends, "unavailable_reason", lambda name, *a, **k: "no such kernel here")
     m = charlstm.LSTM(3, 4, backend="cuda")
-    with pytest.raises(charlstm.BackendUnavailable, match=r"'cuda' is unavailable: no such kernel here"):
+    with pytest.raises(charlstm.BackendUnavailable,
+                       match=r"'cuda' is unavailable: no such kernel here"):
         m(torch.randn(2, 1, 3))
 
 
@@ -271,23 +267,29 @@ def test_env_var_and_context_manager_override(monkeypatch):
 
 
 # ----------------------------------------------------------------- info
-def test_info_lists_every_backend(capsys):
+def test_info_lists_every_backend_and_kernel_path(capsys):
     from charlstm import info
     assert info.main([]) == 0
     out = capsys.readouterr().out
     for name in backends.BACKENDS:
+        assert f"  {name} " in out and backends.STATUS[name] in out
+    for name in backends.NAMES:
         assert f"  {name} " in out
     assert "torch " in out and torch.__version__ in out
 
 
-def test_info_reports_the_kernel_knobs(monkeypatch):
+def test_info_reports_what_runs(monkeypatch):
+    """The disabled variants, a bare name's own choice, and availability per kernel path."""
     from charlstm import info
-    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "step")
     monkeypatch.setenv("CHARLSTM_TRITON_AUTOTUNE", "0")
-    monkeypatch.delenv("CHARLSTM_CUDA_PATH", raising=False)
+    monkeypatch.setenv("CHARLSTM_DISABLED_VARIANTS", "triton:sequence,cuda:stepwise")
     got = info.collect()
-    assert (got["triton_schedule"], got["triton_autotune"], got["cuda_path"]) == ("step", False,
-                                                                                "auto")
+    assert (got["disabled_variants"], got["triton_autotune"]) == ("cuda:stepwise triton:sequence",
+                                                                  False)
+    assert got["variants"]["triton:sequence"]["reason"].startswith(
+        "disabled by CHARLSTM_DISABLED_VARIANTS")
+    assert got["own_choice"]["triton"] == "triton:persistent"     # sequence is disabled
+    assert set(got["variants"]) == set(backends.NAMES)
 
 
 def test_python_m_charlstm_info_runs():

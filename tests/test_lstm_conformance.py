@@ -7,10 +7,19 @@ import itertools
 
 import pytest
 import torch
+from lstm_cases import (
+    TOLERANCES,
+    Case,
+    assert_close_all,
+    build,
+    cast_data,
+    make_data,
+    run_one,
+    run_pair,
+)
 
 from charlstm import backends
-from lstm_cases import (TOLERANCES, Case, assert_close_all, build, cast_data, make_data,
-                        rel_errors, run_one, run_pair)
+from charlstm.testing import assert_2x, errors, skip_unless_runs
 
 GRID = [Case(num_layers=L, bias=b, batch_first=bf, bidirectional=bd)
         for L, b, bf, bd in itertools.product((1, 2), (True, False), (False, True), (False, True))]
@@ -46,25 +55,26 @@ KERNEL_SUBSET = [Case(), Case(num_layers=2, bidirectional=True, batch_first=True
                  Case(proj_size=3, with_hx=False), Case(kind="unbatched", T=3)]
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+#: the kernel backends (each with its own choice of variant) that can run on each device type
+KERNELS_ON = {dev: [b for b in backends.BACKENDS
+                   if backends.is_core(b) and backends.runs_on(b, dev)] for dev in ("cpu", "cuda")}
+
+
+@pytest.mark.parametrize("backend", [b for b in KERNELS_ON["cpu"] if b != "reference"])
 @pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
 def test_kernel_backend_matches_nn_lstm_cpu(backend, case):
-    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
-    if why:
-        pytest.skip(f"{backend}: {why}")
+    skip_unless_runs(backend, torch.device("cpu"), torch.float32)
     ref, got = run_pair(case, backend, torch.float32)
     assert_close_all(ref, got, *TOLERANCES[torch.float32], label=f"{backend} {case.id()}")
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("backend", KERNELS_ON["cuda"])
 @pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
 def test_backend_matches_cudnn_float32(backend, case):
     """float32 on the GPU: every backend against cuDNN (TF32 off for the comparison)."""
     dev = torch.device("cuda")
-    why = backends.unavailable_reason(backend, dev, torch.float32)
-    if why:
-        pytest.skip(f"{backend}: {why}")
+    skip_unless_runs(backend, dev, torch.float32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     ref, got = run_pair(case, backend, torch.float32, device="cuda")
@@ -72,20 +82,18 @@ def test_backend_matches_cudnn_float32(backend, case):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("backend", KERNELS_ON["cuda"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", KERNEL_SUBSET, ids=[c.id() for c in KERNEL_SUBSET])
 def test_backend_low_precision_vs_cudnn(backend, dtype, case):
     """Half precision on the GPU: a backend's error against a float64 reference of the same
-    (rounded) inputs must be at most 2x cuDNN's own error, plus a floor of a few ulps."""
+    (rounded) inputs must be within the 2x rule (:mod:`charlstm.testing`) with cuDNN's own
+    error as the base."""
     dev = torch.device("cuda")
-    why = backends.unavailable_reason(backend, dev, dtype)
-    if why:
-        pytest.skip(f"{backend}: {why}")
+    skip_unless_runs(backend, dev, dtype)
     data = make_data(case, dtype, dev)
-    exact = run_one(build(case, None, torch.float64, "cpu"), case, cast_data(data, torch.float64, "cpu"))
-    cudnn = rel_errors(run_one(build(case, None, dtype, dev), case, data), exact)
-    mine = rel_errors(run_one(build(case, backend, dtype, dev), case, data), exact)
-    eps = torch.finfo(dtype).eps
-    for k in exact:
-        assert mine[k] <= 2 * cudnn[k] + 4 * eps, (k, mine[k], cudnn[k])
+    exact = run_one(build(case, None, torch.float64, "cpu"), case,
+                    cast_data(data, torch.float64, "cpu"))
+    cudnn = errors(run_one(build(case, None, dtype, dev), case, data), exact)
+    mine = run_one(build(case, backend, dtype, dev), case, data)
+    assert_2x(mine, exact, exact, cudnn, dtype, label=f"{backend} {case.id()} vs cuDNN")

@@ -1,17 +1,14 @@
-"""The ``triton`` backend: its fused kernels against the reference core, and the layer against
+"""The ``triton`` backend beyond the core contract: launch configurations (tiles, grids, the
+persistent schedule's barrier, register-resident weights), availability, and the layer against
 ``torch.nn.LSTM``.
 
-Without a GPU every kernel here runs under the Triton interpreter on CPU tensors (``conftest``
-sets ``TRITON_INTERPRET=1``); on a GPU machine the same tests run the compiled kernels on CUDA
-tensors, and the ``cuda``-marked tests at the end compare with cuDNN.  The interpreter costs
-milliseconds per Triton operation, so shapes are small.
-
-Tolerances.  float32: kernel and reference do the same float32 arithmetic in a different order,
-so 1e-5.  float16/bfloat16: both run on the same rounded inputs and compute in float32; they
-differ where an ``h`` (rounded to the input dtype every step) or an output lands near a rounding
-boundary and the two round to neighbouring values, i.e. by about one unit in the last place,
-``eps`` relative (float16 2^-10, bfloat16 2^-7), which the recurrence carries on at the same
-size (the weights are scaled to keep it contractive).  So ``atol = rtol = 2 * eps``.
+Every schedule (``triton:persistent|sequence|step``) in every dtype against the reference and a
+float64 run is ``tests/test_core_contract.py``'s job; here the same check
+(:func:`charlstm.testing.check_core`, the 2x rule) runs under explicit :class:`Launch` objects,
+the kernels' internal test hook for tile sizes.  Without a GPU every kernel runs under the Triton
+interpreter on CPU tensors (``conftest`` sets ``TRITON_INTERPRET=1``); on a GPU machine the same
+tests run the compiled kernels on CUDA tensors, and the ``cuda``-marked tests at the end compare
+with cuDNN.  The interpreter costs milliseconds per Triton operation, so shapes are small.
 
 On a GPU the compiled kernels' float32 ``exp`` and ``/`` are approximate (``ex2.approx.f32``,
 ``div.full.f32``: a few float32 ulp) and Triton fuses multiply-adds into FMAs, so their results
@@ -39,83 +36,33 @@ import triton
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import charlstm
-from charlstm.backends import reference
+from charlstm import testing
 from charlstm.backends import triton as tb
 from charlstm.backends.triton import backward as tbwd
 from charlstm.backends.triton import forward as tfwd
-from charlstm.backends.triton.common import INTERPRET, Launch
+from charlstm.backends.triton.common import INTERPRET, SCHEDULES, Launch
+from charlstm.testing import core_inputs, reference_runs, run_kernels
 
 DEV = torch.device("cpu" if INTERPRET else "cuda")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def tol(dtype):
-    if dtype == torch.float32:
-        return dict(atol=1e-5, rtol=1e-5)
-    eps = torch.finfo(dtype).eps
-    return dict(atol=2 * eps, rtol=2 * eps)
-
-
-def core_inputs(T, B, H, dtype, *, lengths=None, zero_state=False):
-    """Random core inputs in ``dtype`` on DEV: gate inputs ~N(0,1), W_hh ~U(+-1/sqrt(H))."""
-    g = torch.Generator().manual_seed(1000 * T + 10 * B + H)
-    xproj = torch.randn(T, B, 4 * H, generator=g)
-    w_hh = (torch.rand(4 * H, H, generator=g) * 2 - 1) / H ** 0.5
-    h0 = torch.zeros(B, H) if zero_state else torch.randn(B, H, generator=g).tanh()
-    c0 = torch.zeros(B, H) if zero_state else torch.randn(B, H, generator=g)
-    grads = (torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
-             torch.randn(B, H, generator=g))
-    to = dict(device=DEV, dtype=dtype)
-    L = None if lengths is None else torch.tensor(lengths, dtype=torch.int32, device=DEV)
-    return ([t.to(**to) for t in (xproj, w_hh, h0, c0)] + [L], [t.to(**to) for t in grads])
-
-
 def check_core(T, B, H, dtype, *, lengths=None, zero_state=False, launch=None):
-    """Forward and backward of the kernels against the reference on the same inputs.
-
-    The backward is fed the reference forward's saved ``cs``/``gates`` so that a forward
-    difference cannot hide or excuse a backward one.
-    """
-    (xproj, w_hh, h0, c0, L), (dhs, dhT, dcT) = core_inputs(T, B, H, dtype, lengths=lengths,
-                                                           zero_state=zero_state)
-    got = tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
-    want = reference.forward(xproj, w_hh, h0, c0, L)
-    for name, a, b in zip(("hs", "hT", "cT", "cs", "gates"), got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m: f"forward {name}: {m}")
-    if L is not None:   # the contract's exact zeros on inactive rows
-        t = torch.arange(T, device=DEV).unsqueeze(1)
-        assert (got[0][t >= L.long()] == 0).all()
-    cs, gates = want[3], want[4]
-    got = tbwd.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, L, launch=launch)
-    want = reference.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, L)
-    for name, a, b in zip(("dgates", "dh0", "dc0"), got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m: f"backward {name}: {m}")
-    if L is not None:
-        t = torch.arange(T, device=DEV).unsqueeze(1)
-        assert (got[0][t >= L.long()] == 0).all()
+    """Forward and backward of the kernels under ``launch`` against the reference and a float64
+    run (:func:`charlstm.testing.check_core`); the backward is fed the reference forward's saved
+    ``cs``/``gates``.  Inactive rows: exact zeros in ``hs`` and ``dgates``."""
+    inputs, grads = core_inputs(T, B, H, dtype, DEV, lengths=lengths, zero_state=zero_state)
+    ref, exact = reference_runs(inputs, grads)
+    got = run_kernels(lambda *a: tfwd.forward(*a, launch=launch),
+                      lambda *a: tbwd.backward(*a, launch=launch), inputs, grads, ref)
+    bad = testing.check_core(got, ref, exact, dtype, inputs[4])
+    assert not bad, f"{launch} ({dtype}) outside the 2x rule: {bad}"
+    if inputs[4] is not None:   # the contract's exact zeros on inactive rows
+        inactive = torch.arange(T, device=DEV).unsqueeze(1) >= inputs[4].long()
+        assert (got["hs"][inactive] == 0).all() and (got["dgates"][inactive] == 0).all()
 
 
 # ----------------------------------------------------------------------------- the core
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_core_packed_odd_hidden(dtype):
-    """H = 33 (not a power of two), packed rows of lengths 9, 4, 1, random h0/c0."""
-    check_core(9, 3, 33, dtype, lengths=[9, 4, 1])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_core_single_step_single_row_zero_state(dtype):
-    """T = 1, B = 1, H = 20, h0 = c0 = 0."""
-    check_core(1, 1, 20, dtype, zero_state=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_core_long_sequence(dtype):
-    """T = 64 with random state: errors must not grow along the sequence."""
-    check_core(64, 2, 20, dtype)
-
-
 @pytest.mark.parametrize("schedule,max_programs", [
     ("sequence", None), ("step", None),
     ("persistent", 2),      # nh = 1: one program per batch tile runs the real grid barrier
@@ -149,7 +96,7 @@ def test_core_narrow_tiles_and_resident_weights(launch):
     (Launch("step", 16, 16, 32, 1, w_resident=True), "block_k >= H"),
     (Launch("persistent", 16, 16, 64, 1, max_programs=4, w_resident=True), "2 program")])
 def test_resident_launch_that_cannot_hold_its_slice_is_refused(launch, msg):
-    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 17, 33, torch.float32)
+    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 17, 33, torch.float32, DEV)
     with pytest.raises(ValueError, match=msg):
         tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
 
@@ -502,40 +449,29 @@ def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, B, H, block_h, bloc
                         program, programs)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_core_step_schedule_half(dtype):
-    """The per-step schedule in 16-bit dtypes, packed, H = 20."""
-    check_core(5, 3, 20, dtype, lengths=[5, 2, 3], launch=Launch("step", 16, 32, 32, 1))
-
-
-def test_core_float64_falls_back_to_reference():
-    (xproj, w_hh, h0, c0, L), _ = core_inputs(3, 2, 16, torch.float64, lengths=[3, 1])
-    got = tb.ops.forward(xproj, w_hh, h0, c0, L)
-    want = reference.forward(xproj, w_hh, h0, c0, L)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
 def test_core_rejects_bad_inputs():
-    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 2, 16, torch.float32)
+    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 2, 16, torch.float32, DEV)
     with pytest.raises(ValueError, match="w_hh must be"):
         tb.ops.forward(xproj, w_hh[:, :8], h0, c0, L)
     with pytest.raises(TypeError, match="dtype must be"):
         tb.ops.forward(*(t.to(torch.int32) for t in (xproj, w_hh, h0, c0)), L)
 
 
-def test_availability_and_status():
-    assert tb.unavailable_reason(DEV, torch.float32) is None
-    assert tb.unavailable_reason(DEV, torch.float64) is None
-    assert "not supported" in tb.unavailable_reason(DEV, torch.int64)
-    assert tb.STATUS.startswith("correct under the Triton interpreter")
+def test_availability():
+    for v in tb.VARIANTS:
+        assert tb.variant_reason(v, DEV, torch.float32) is None
+        assert tb.variant_reason(v, DEV, torch.float64) is None
+    assert "not supported" in tb.variant_reason("", DEV, torch.int64)
+    with pytest.raises(ValueError, match="unknown variant 'warp'"):
+        tb.variant_reason("warp", DEV, torch.float32)
+    assert set(tb.VARIANTS) == set(SCHEDULES)      # the registry's names are the kernels' schedules
     assert charlstm.backends.unavailable_reason("triton", DEV, torch.bfloat16) is None
 
 
 _NO_INTERPRETER_SCRIPT = textwrap.dedent("""
     import torch, charlstm
     from charlstm.backends import triton as tb
-    why = tb.unavailable_reason(torch.device("cpu"), torch.float32)
+    why = tb.variant_reason("", torch.device("cpu"), torch.float32)
     assert why is not None and "TRITON_INTERPRET=1" in why, why
     try:
         charlstm.LSTM(3, 8, backend="triton")(torch.randn(2, 1, 3))
@@ -575,10 +511,10 @@ def _layer_pair(dtype=torch.float32, **kw):
 def _compare_grads(ours, ref, extra, atol=1e-5, rtol=1e-5):
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p.grad.cpu(), q.grad, atol=atol, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
     for name, a, b in extra:
         torch.testing.assert_close(a.grad.cpu(), b.grad, atol=atol, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 @pytest.mark.parametrize("proj_size", [0, 7])
@@ -636,19 +572,7 @@ def test_layer_never_calls_native_lstm(monkeypatch):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-# ----------------------------------------------------------------------------- torch.library
-def test_opcheck_forward_and_backward():
-    (xproj, w_hh, h0, c0, L), (dhs, dhT, dcT) = core_inputs(3, 2, 16, torch.float32,
-                                                           lengths=[3, 2])
-    for t in (xproj, w_hh, h0, c0):
-        t.requires_grad_()
-    torch.library.opcheck(tb.core.fwd_op, (xproj, w_hh, h0, c0, L))
-    torch.library.opcheck(tb.core.fwd_op, (xproj, w_hh, h0, c0, None))
-    _, _, _, cs, gates = tb.core.fwd_op(xproj, w_hh, h0, c0, L)
-    torch.library.opcheck(tb.core.bwd_op, (dhs, dhT, dcT, w_hh.detach(), c0.detach(),
-                                           cs.detach(), gates.detach(), L))
-
-
+# ----------------------------------------------------------------------------- torch.compile
 def test_torch_compile_fullgraph():
     m = charlstm.LSTM(5, 16, backend="triton").to(DEV)
 
@@ -813,7 +737,8 @@ def test_barrier_kernels_carry_the_cooperative_launch_flag(sm90_build, kernel):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gpu_layer_vs_cudnn(dtype):
     """charlstm.LSTM(backend="triton") vs cuDNN, both measured against float64 on CPU: the
-    kernel's error must be within twice cuDNN's own (plus one ulp), for outputs and gradients."""
+    kernel's error must be within twice cuDNN's own (plus the 2x rule's floor), for outputs and
+    gradients."""
     kw = dict(input_size=8, hidden_size=48, num_layers=2, bidirectional=True)
     truth = torch.nn.LSTM(**kw).double()
     cudnn = copy.deepcopy(truth).to("cuda", dtype)
@@ -833,75 +758,42 @@ def test_gpu_layer_vs_cudnn(dtype):
     want = [t.double().cpu() for t in run(truth, "cpu", torch.float64)]
     ref = [t.double().cpu() for t in run(cudnn, "cuda", dtype)]
     got = [t.double().cpu() for t in run(ours, "cuda", dtype)]
-    eps = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
-    for i, (g, r, w) in enumerate(zip(got, ref, want)):
-        err, ref_err = (g - w).abs().max().item(), (r - w).abs().max().item()
-        assert err <= 2 * ref_err + eps * max(1.0, w.abs().max().item()), (i, err, ref_err)
+    for i, (g, r, w) in enumerate(zip(got, ref, want)):   # the 2x rule with cuDNN as the base
+        err, ref_err = testing.max_error(g, w), testing.max_error(r, w)
+        assert err <= testing.tolerance(ref_err, w, dtype), (i, err, ref_err)
 
 
 @pytest.mark.cuda
 def test_gpu_long_sequence_bf16_stable():
-    """T = 2048 in bfloat16: finite, and no worse than the reference kernels in bfloat16, both
-    measured against the float64 reference on the same rounded inputs."""
-    T, B, H = 2048, 4, 64
-    (xproj, w_hh, h0, c0, L), (dhs, dhT, dcT) = core_inputs(T, B, H, torch.bfloat16)
-    got = tb.ops.forward(xproj, w_hh, h0, c0, L)
-    spec = reference.forward(xproj, w_hh, h0, c0, L)
-    exact = reference.forward(*(t.double() for t in (xproj, w_hh, h0, c0)), L)
-    assert all(torch.isfinite(t).all() for t in got)
-    for a, s, e in zip(got, spec, exact):
-        err = (a.double() - e).abs().max().item()
-        spec_err = (s.double() - e).abs().max().item()
-        assert err <= 2 * spec_err + torch.finfo(torch.bfloat16).eps, (err, spec_err)
-    gb = tb.ops.backward(dhs, dhT, dcT, w_hh, c0, got[3], got[4], L)
-    sb = reference.backward(dhs, dhT, dcT, w_hh, c0, spec[3], spec[4], L)
-    eb = reference.backward(*(t.double() for t in (dhs, dhT, dcT, w_hh, c0)), exact[3],
-                            exact[4], L)
-    assert all(torch.isfinite(t).all() for t in gb)
-    for a, s, e in zip(gb, sb, eb):
-        err = (a.double() - e).abs().max().item()
-        spec_err = (s.double() - e).abs().max().item()
-        assert err <= 2 * spec_err + torch.finfo(torch.bfloat16).eps * e.abs().max().item(), \
-            (err, spec_err)
+    """T = 2048 in bfloat16 (the backend's own schedule): finite, and within the 2x rule of the
+    reference kernels in bfloat16, both measured against the float64 reference on the same
+    rounded inputs."""
+    inputs, grads = core_inputs(2048, 4, 64, torch.bfloat16, DEV)
+    ref, exact = reference_runs(inputs, grads)
+    got = run_kernels(tb.ops.forward, tb.ops.backward, inputs, grads, ref)
+    assert all(torch.isfinite(t).all() for t in got.values())
+    bad = testing.check_core(got, ref, exact, torch.bfloat16, inputs[4])
+    assert not bad, bad
 
 
 @pytest.mark.cuda
 def test_gpu_tensors_on_a_device_that_is_not_current():
     """Tensors on cuda:1 while cuda:0 is current: the kernels launch on cuda:1 (on its current
-    stream), match the reference there, and leave the current device as it was."""
+    stream), match the reference there (2x rule), and leave the current device as it was."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
     dev = torch.device("cuda", 1)
-    (xproj, w_hh, h0, c0, L), (dhs, dhT, dcT) = core_inputs(6, 5, 40, torch.float32,
-                                                           lengths=[6, 2, 5, 1, 6])
-    xproj, w_hh, h0, c0, L, dhs, dhT, dcT = (t.to(dev) for t in (xproj, w_hh, h0, c0, L,
-                                                                 dhs, dhT, dcT))
     with torch.cuda.device(0):
-        for launch in (None, Launch("persistent", 16, 16, 16, 4),
-                       Launch("step", 16, 16, 16, 4)):
-            got = tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
-            want = reference.forward(xproj, w_hh, h0, c0, L)
-            for a, b in zip(got, want):
-                assert a.device == dev
-                torch.testing.assert_close(a, b, **tol(torch.float32))
-            got = tbwd.backward(dhs, dhT, dcT, w_hh, c0, want[3], want[4], L, launch=launch)
-            for a, b in zip(got, reference.backward(dhs, dhT, dcT, w_hh, c0, want[3], want[4], L)):
-                torch.testing.assert_close(a, b, **tol(torch.float32))
+        for launch in (None, Launch("persistent", 16, 16, 16, 4), Launch("step", 16, 16, 16, 4)):
+            inputs, grads = core_inputs(6, 5, 40, torch.float32, dev, lengths=[6, 2, 5, 1, 6])
+            ref, exact = reference_runs(inputs, grads)
+            got = run_kernels(lambda *a, launch=launch: tfwd.forward(*a, launch=launch),
+                              lambda *a, launch=launch: tbwd.backward(*a, launch=launch),
+                              inputs, grads, ref)
+            assert all(t.device == dev for t in got.values())
+            bad = testing.check_core(got, ref, exact, torch.float32, inputs[4])
+            assert not bad, f"{launch}: {bad}"
         assert torch.cuda.current_device() == 0
-
-
-def test_schedule_from_environment(monkeypatch):
-    """CHARLSTM_TRITON_SCHEDULE picks the schedule per call; a bad value names the variable,
-    the allowed values and what it got; an explicit argument wins."""
-    from charlstm.backends.triton import common
-    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "step")
-    assert common.choose_launch(4, 32).schedule == "step"
-    assert common.choose_launch(4, 32, "persistent").schedule == "persistent"
-    monkeypatch.setenv("CHARLSTM_TRITON_SCHEDULE", "warp")
-    with pytest.raises(ValueError, match=r"CHARLSTM_TRITON_SCHEDULE must be one of .*'warp'"):
-        common.choose_launch(4, 32)
-    monkeypatch.delenv("CHARLSTM_TRITON_SCHEDULE")
-    assert common.choose_launch(4, 32).schedule == ("sequence" if INTERPRET else "persistent")
 
 
 @pytest.mark.cuda
@@ -921,7 +813,7 @@ def test_gpu_schedules_many_programs(launch, dtype):
 
 def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):
     """CHARLSTM_TRITON_AUTOTUNE=0 gives GPU launches one fixed configuration (used by
-    scripts/gpu_check.sh so test runs don't compile every config for every shape)."""
+    scripts/gpu_check.py so test runs don't compile every config for every shape)."""
     from charlstm.backends.triton import common
     monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.delenv("CHARLSTM_TRITON_SCHEDULE", raising=False)

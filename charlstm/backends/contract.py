@@ -6,6 +6,11 @@ Everything else -- input projections, multi-layer stacking, bidirectionality,
 is done once, above the backends, by :mod:`charlstm.lstm` and by
 :func:`make_core_op` below with plain torch GEMMs.
 
+A backend may have several kernel paths (variants, named ``backend:variant`` in
+:mod:`charlstm.backends`); each implements this same contract, and the variant reaches the
+kernels as a last ``str`` argument (``""``: the backend's own choice), which the signatures
+below leave out.
+
 Forward
 -------
 ``forward(xproj, w_hh, h0, c0, lengths) -> (hs, hT, cT, cs, gates)``
@@ -75,10 +80,12 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class CoreKernels(NamedTuple):
-    """A backend's two entry points (see the module docstring for the contract).
+    """A backend's two entry points (see the module docstring for the contract), each taking
+    the kernel variant (``str``; ``""``: the backend's own choice) as its last argument and
+    reporting the concrete path that ran with :func:`charlstm.backends.record_run`.
 
-    ``forward(xproj, w_hh, h0, c0, lengths) -> (hs, hT, cT, cs, gates)``
-    ``backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths) -> (dgates, dh0, dc0)``
+    ``forward(xproj, w_hh, h0, c0, lengths, variant) -> (hs, hT, cT, cs, gates)``
+    ``backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, variant) -> (dgates, dh0, dc0)``
     """
 
     forward: Callable[..., tuple]
@@ -107,23 +114,26 @@ def check_core_inputs(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor,
 
 
 def make_core_op(name: str, kernels: CoreKernels, device_types=None):
-    """Register a backend's kernels as ``charlstm::<name>`` custom ops with autograd.
+    """Register a backend's kernels as ``charlstm::<name>_fwd``/``_bwd`` custom ops with autograd.
 
-    Returns ``core(xproj, w_hh, h0, c0, lengths) -> (hs, hT, cT)``, differentiable with
-    respect to ``xproj``, ``w_hh``, ``h0`` and ``c0``.  The forward and backward are
-    ``torch.library.custom_op``s with fake (meta) implementations, so they work in eager
-    mode, under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
+    Returns ``core(xproj, w_hh, h0, c0, lengths=None, variant="") -> (hs, hT, cT)``,
+    differentiable with respect to ``xproj``, ``w_hh``, ``h0`` and ``c0``.  ``variant`` (a
+    ``str`` argument of both ops; ``""``: the backend's own choice) selects the kernel path; the
+    backward runs with the forward's ``variant``.  ``kernels.forward``/``backward`` take it as
+    their last argument.  The ops have fake (meta) implementations, so they work in eager mode,
+    under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``;
+    ``core.fwd_op``/``core.bwd_op`` are the ops themselves.
     """
     fwd_name = f"charlstm::{name}_fwd"
     bwd_name = f"charlstm::{name}_bwd"
 
     @torch.library.custom_op(fwd_name, mutates_args=(), device_types=device_types)
-    def fwd(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor,
-            lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return tuple(kernels.forward(xproj, w_hh, h0, c0, lengths))
+    def fwd(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+            variant: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return tuple(kernels.forward(xproj, w_hh, h0, c0, lengths, variant))
 
     @fwd.register_fake
-    def _(xproj, w_hh, h0, c0, lengths):
+    def _(xproj, w_hh, h0, c0, lengths, variant):
         T, B, G = xproj.shape
         H = G // 4
         a = acc_dtype(xproj.dtype)
@@ -132,38 +142,40 @@ def make_core_op(name: str, kernels: CoreKernels, device_types=None):
 
     @torch.library.custom_op(bwd_name, mutates_args=(), device_types=device_types)
     def bwd(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
-            gates: Tensor, lengths: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(kernels.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths))
+            gates: Tensor, lengths: Optional[Tensor], variant: str
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(kernels.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, variant))
 
     @bwd.register_fake
-    def _(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths):
+    def _(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, variant):
         T, B, H = dhs.shape
         return (dhs.new_empty(T, B, 4 * H, dtype=w_hh.dtype), c0.new_empty(B, H, dtype=w_hh.dtype),
                 c0.new_empty(B, H, dtype=w_hh.dtype))
 
     def setup_context(ctx, inputs, output):
-        xproj, w_hh, h0, c0, lengths = inputs
+        xproj, w_hh, h0, c0, lengths, variant = inputs
         hs, hT, cT, cs, gates = output
         ctx.save_for_backward(w_hh, h0, c0, hs, cs, gates, lengths)
+        ctx.variant = variant
 
     def backward(ctx, dhs, dhT, dcT, _dcs, _dgates):
         w_hh, h0, c0, hs, cs, gates, lengths = ctx.saved_tensors
         dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
         dhT = torch.zeros_like(h0) if dhT is None else dhT.contiguous()
         dcT = torch.zeros_like(c0) if dcT is None else dcT.contiguous()
-        dgates, dh0, dc0 = bwd(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths)
+        dgates, dh0, dc0 = bwd(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, ctx.variant)
         # dW_hh = sum_t dgates[t]^T h[t-1]: one GEMM over all steps (inactive rows have
         # dgates == 0, so whatever h holds there does not matter).
         T, B, H = hs.shape
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]], 0) if T > 1 else h0.unsqueeze(0)
         dw_hh = dgates.reshape(T * B, 4 * H).t().mm(h_prev.reshape(T * B, H))
-        return dgates, dw_hh, dh0, dc0, None
+        return dgates, dw_hh, dh0, dc0, None, None
 
     fwd.register_autograd(backward, setup_context=setup_context)
 
     def core(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor,
-             lengths: Optional[Tensor] = None):
-        hs, hT, cT, _cs, _gates = fwd(xproj, w_hh, h0, c0, lengths)
+             lengths: Optional[Tensor] = None, variant: str = ""):
+        hs, hT, cT, _cs, _gates = fwd(xproj, w_hh, h0, c0, lengths, variant)
         return hs, hT, cT
 
     core.fwd_op = fwd

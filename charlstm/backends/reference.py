@@ -13,7 +13,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import record_run as _record_run
 from .contract import CoreKernels, acc_dtype, make_core_op
+
+#: the reference has no variants (the registry names it plain ``reference``)
+VARIANTS: tuple = ()
 
 
 def _active(lengths: Optional[Tensor], t: int) -> Optional[Tensor]:
@@ -80,5 +84,26 @@ def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs
     return dgates, dh.to(w_hh.dtype), dc.to(w_hh.dtype)
 
 
-kernels = CoreKernels(forward, backward)
+def variant_reason(variant: str, device=None, dtype=None) -> Optional[str]:
+    """The reference runs on every device and dtype the registry lists: always None."""
+    if variant:
+        raise ValueError(f"the reference backend has no variants, got {variant!r}")
+    return None
+
+
+def _op_forward(xproj, w_hh, h0, c0, lengths, variant: str):
+    variant_reason(variant)
+    out = forward(xproj, w_hh, h0, c0, lengths)
+    _record_run("forward", "reference")
+    return out
+
+
+def _op_backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths, variant: str):
+    variant_reason(variant)
+    out = backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths)
+    _record_run("backward", "reference")
+    return out
+
+
+kernels = CoreKernels(_op_forward, _op_backward)
 core = make_core_op("reference_core", kernels)

@@ -3,7 +3,8 @@
 A checkpoint is one ``torch.save`` file holding a dict (loaded with ``weights_only=True``)::
 
     format          "charlstm-charrnn"        version    1
-    config          CharRNN constructor arguments (vocab_size, rnn_size, num_layers, dropout, backend)
+    config          CharRNN constructor arguments (vocab_size, rnn_size, num_layers, dropout,
+                    backend)
     vocab           the vocabulary: a string of the sorted distinct characters
     model           the model's state_dict (CPU tensors)
     optimizer, scheduler, scaler    their state_dicts (scaler: None unless fp16)
@@ -119,7 +120,8 @@ def load(path: Union[str, os.PathLike]) -> tuple[dict, Path]:
 
 
 def build_model(ckpt: dict, path: Union[str, os.PathLike] = "checkpoint", backend=None):
-    """``(CharRNN with the checkpoint's weights on CPU, Vocab)``; ``backend`` overrides the saved one."""
+    """``(CharRNN with the checkpoint's weights on CPU, Vocab)``; ``backend`` overrides the saved
+    one."""
     from .data import Vocab
     from .model import CharRNN
 

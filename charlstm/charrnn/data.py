@@ -72,7 +72,7 @@ class Vocab:
         self._codes = codes
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray) -> "Vocab":
+    def from_codes(cls, codes: np.ndarray) -> Vocab:
         return cls(codes.astype("<u4").tobytes().decode("utf-32-le"))
 
     def __len__(self) -> int:
@@ -102,7 +102,8 @@ class Vocab:
         return list(Vocab.from_codes(bad).chars) if len(bad) else []
 
     def encode(self, text: str) -> Tensor:
-        """``text`` as a LongTensor of ids; ValueError naming any character not in the vocabulary."""
+        """``text`` as a LongTensor of ids; ValueError naming any character not in the
+        vocabulary."""
         ids = self.lookup(_codes(text))
         if (ids < 0).any():
             raise ValueError(f"text contains characters not in the vocabulary: "
@@ -116,7 +117,7 @@ class Vocab:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le")
 
-    def remap(self, ids: Tensor, target: "Vocab") -> tuple[Tensor, dict[str, int]]:
+    def remap(self, ids: Tensor, target: Vocab) -> tuple[Tensor, dict[str, int]]:
         """Re-express ``ids`` (in this vocabulary) in ``target``'s ids.
 
         Returns ``(new_ids, missing)``: ``new_ids`` is int64 with ``-1`` where the character is
@@ -275,7 +276,7 @@ def _write_cache(paths: list[Path], sha: str, ids: Tensor, vocab: Vocab) -> Opti
                     pass
             continue
     warnings.warn("charlstm: could not write the encoding cache anywhere "
-                  f"(tried {', '.join(map(str, paths))}); continuing without it")
+                  f"(tried {', '.join(map(str, paths))}); continuing without it", stacklevel=2)
     return None
 
 

@@ -109,9 +109,8 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike, 
         print(f"checkpoint {path}", file=out)
         print(f"data {corpus.source}", file=out)
         if missing:
+            counts = ", ".join(f"{describe_chars([c])} x{k}" for c, k in sorted(missing.items()))
             print(f"skipped {result['oov_chars']} out-of-vocabulary characters "
-                  f"({len(missing)} distinct: "
-                  f"{', '.join(f'{describe_chars([c])} x{k}' for c, k in sorted(missing.items()))})",
-                  file=out)
+                  f"({len(missing)} distinct: {counts})", file=out)
         print(format_result(result), file=out)
     return result

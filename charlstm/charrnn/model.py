@@ -20,7 +20,7 @@ class CharRNN(nn.Module):
     LSTM's ``(h, c)``, each ``[num_layers, B, rnn_size]``; pass it back to continue the
     sequences (truncated BPTT, step-by-step sampling).  ``backend`` is handed to
     ``charlstm.LSTM`` as a string (``"auto"``, ``"torch"``, ``"reference"``, ``"triton"``,
-    ``"cuda"``).
+    ``"triton:step"``, ``"cuda:persistent"``, ...: :data:`charlstm.backends.CHOICES`).
 
     Initialisation (char-rnn's, adapted): every LSTM and decoder weight and bias uniform in
     ``[-0.08, 0.08]``; forget-gate bias 1 (torch's gate order is i, f, g, o, so rows

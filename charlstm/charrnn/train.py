@@ -289,7 +289,8 @@ def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> T
         try:
             model.load_state_dict(src["model"])
         except RuntimeError as e:
-            raise ckpt_io.CheckpointError(f"{resume_path or init_path}: incompatible weights: {e}")
+            raise ckpt_io.CheckpointError(
+                f"{resume_path or init_path}: incompatible weights: {e}") from e
     model.to(dev)
     opt = _make_optimizer(a["optimizer"], model.parameters(), a["learning_rate"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(a["lr_decay"], a["lr_decay_after"]))

@@ -85,9 +85,10 @@ def build_lstm(cfg: dict, module_cls=torch.nn.LSTM, **kwargs) -> torch.nn.LSTM:
 
 
 def make_inputs(cfg: dict, seed: int, dtype: torch.dtype) -> dict:
-    """Seeded inputs drawn on the CPU in float32, rounded to ``dtype`` (identical on every machine)."""
+    """Seeded inputs drawn on the CPU in float32, rounded to ``dtype`` (identical on every
+    machine)."""
     g = torch.Generator().manual_seed(seed)
-    T, B, H, I = cfg["seq"], cfg["batch"], cfg["hidden"], cfg["input_size"]
+    T, B, H, I = cfg["seq"], cfg["batch"], cfg["hidden"], cfg["input_size"]  # noqa: E741
     D = 2 if cfg["bidirectional"] else 1
     h_out = cfg["proj_size"] or H
     shapes = build_lstm(cfg, device="meta")
@@ -103,8 +104,8 @@ def make_inputs(cfg: dict, seed: int, dtype: torch.dtype) -> dict:
     lengths = cfg["lengths"]
     if lengths is not None:
         if len(lengths) != B or max(lengths) != T or min(lengths) < 1:
-            raise ValueError(f"case {cfg['name']}: lengths {lengths} must have {B} entries in 1..{T} "
-                             f"with max {T}")
+            raise ValueError(f"case {cfg['name']}: lengths {lengths} must have {B} entries in "
+                             f"1..{T} with max {T}")
         pad = torch.arange(T).unsqueeze(1) >= torch.tensor(lengths).unsqueeze(0)   # [T, B]
         x = x.masked_fill(pad.unsqueeze(-1), 0)
         dy = dy.masked_fill(pad.unsqueeze(-1), 0)
@@ -149,7 +150,7 @@ def run_case(module: torch.nn.Module, cfg: dict, inputs: dict, device: torch.dev
     params = [p for _, p in module.named_parameters()]
     wrt = [x] + ([hx[0], hx[1]] if hx is not None else []) + params
     grads = torch.autograd.grad([y, h_n, c_n], wrt,
-                                grad_outputs=[to(inputs["dy"]), to(inputs["dh_n"]), to(inputs["dc_n"])])
+                                grad_outputs=[to(inputs[k]) for k in ("dy", "dh_n", "dc_n")])
     grads = list(grads)
 
     def cpu(t):
@@ -168,7 +169,8 @@ def disable_tf32() -> None:
     ``fp32_precision`` settings and refuses a mix of them with the legacy ``allow_tf32`` flags, so
     use the new ones where they exist (conv too, to keep cuDNN's flags consistent)."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(cudnn, "rnn") and hasattr(cudnn.rnn, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+    if (hasattr(cudnn, "rnn") and hasattr(cudnn.rnn, "fp32_precision")
+            and hasattr(matmul, "fp32_precision")):
         cudnn.rnn.fp32_precision = "ieee"
         cudnn.conv.fp32_precision = "ieee"
         matmul.fp32_precision = "ieee"
@@ -199,7 +201,8 @@ def metadata(device: torch.device) -> dict:
         sys.path.insert(0, str(ROOT))
     from benchmarks.common import environment
     env = environment(device)
-    env["source"] = SOURCE_CUDNN if device.type == "cuda" else SOURCE_CPU   # per dtype: see generate
+    # per dtype: see generate
+    env["source"] = SOURCE_CUDNN if device.type == "cuda" else SOURCE_CPU
     env["cudnn_enabled"] = bool(torch.backends.cudnn.enabled) if device.type == "cuda" else False
     env["tf32"] = False
     env["format"] = FORMAT
@@ -209,8 +212,8 @@ def metadata(device: torch.device) -> dict:
 def generate(device: torch.device, out_dir: Path) -> dict:
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("generate.py: --device cuda needs a CUDA GPU; use --device cpu for the "
-                             "CPU stand-in")
+            raise SystemExit("generate.py: --device cuda needs a CUDA GPU; use --device cpu for "
+                             "the CPU stand-in")
         if not torch.backends.cudnn.is_available():
             raise SystemExit("generate.py: cuDNN is not available in this torch build")
         torch.backends.cudnn.enabled = True

@@ -1,11 +1,10 @@
 """The cuda backend's recurrent core: the compiled kernels registered as custom ops.
 
 ``forward``/``backward`` implement :mod:`charlstm.backends.contract` by calling the extension
-(``csrc/bindings.cpp`` -> ``csrc/launch.h``) on the current CUDA stream, with the path chosen by
-:mod:`.paths`.  Importing this module registers the ``charlstm::cuda_core_fwd``/``_bwd`` ops but
-compiles nothing: the extension is loaded (or JIT-built) on the first kernel call.
-
-Status: compiled, not yet verified on a GPU.
+(``csrc/bindings.cpp`` -> ``csrc/launch.h``) on the current CUDA stream, with the path the
+variant names (:mod:`.paths`; ``""``: a bare ``cuda``'s own choice).  Importing this module
+registers the ``charlstm::cuda_core_fwd``/``_bwd`` ops but compiles nothing: the extension is
+loaded (or JIT-built) on the first kernel call.
 """
 from __future__ import annotations
 
@@ -14,9 +13,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import BackendUnavailable, disabled_variants, record_run
 from ..contract import CoreKernels, check_core_inputs, make_core_op
 from . import build, paths
-from .abi import DTYPE_CODES, PATH_CODES, PATH_NAMES
+from .abi import DTYPE_CODES
 
 
 def _check_supported(t: Tensor, name: str) -> None:
@@ -31,33 +31,45 @@ def _lengths(lengths: Optional[Tensor]) -> Optional[Tensor]:
     return None if lengths is None else lengths.contiguous()
 
 
-def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor]):
+def _path(variant: str, t: Tensor) -> int:
+    """The launcher's path code for ``variant`` (``""``: :func:`.paths.own_choice`)."""
+    if not variant:
+        variant = paths.own_choice(t.device, t.dtype, disabled_variants("cuda"))
+        if variant is None:
+            raise BackendUnavailable("charlstm backend 'cuda': every path is disabled by "
+                                     "CHARLSTM_DISABLED_VARIANTS")
+    return paths.path_code(variant)
+
+
+def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+            variant: str = ""):
     """Contract forward -> (hs, hT, cT, cs, gates); cs/gates in float32."""
     check_core_inputs(xproj, w_hh, h0, c0, lengths)
     _check_supported(xproj, "xproj")
+    code = _path(variant, xproj)
     ext = build.load_extension()
     dev = xproj.device
     with torch.cuda.device(dev):
         hs, hT, cT, cs, gates, used = ext.forward(
             xproj.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(),
-            _lengths(lengths), torch.cuda.current_stream(dev).cuda_stream,
-            PATH_CODES[paths.current_path()])
-    paths.record("forward", PATH_NAMES.get(used, "none"))
+            _lengths(lengths), torch.cuda.current_stream(dev).cuda_stream, code)
+    record_run("forward", paths.ran_name(used))
     return hs, hT, cT, cs, gates
 
 
 def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
-             gates: Tensor, lengths: Optional[Tensor]):
+             gates: Tensor, lengths: Optional[Tensor], variant: str = ""):
     """Contract backward -> (dgates, dh0, dc0)."""
     _check_supported(w_hh, "w_hh")
+    code = _path(variant, w_hh)
     ext = build.load_extension()
     dev = dhs.device
     with torch.cuda.device(dev):
         dgates, dh0, dc0, used = ext.backward(
             dhs.contiguous(), dhT.contiguous(), dcT.contiguous(), w_hh.contiguous(),
             c0.contiguous(), cs.contiguous(), gates.contiguous(), _lengths(lengths),
-            torch.cuda.current_stream(dev).cuda_stream, PATH_CODES[paths.current_path()])
-    paths.record("backward", PATH_NAMES.get(used, "none"))
+            torch.cuda.current_stream(dev).cuda_stream, code)
+    record_run("backward", paths.ran_name(used))
     return dgates, dh0, dc0
 
 

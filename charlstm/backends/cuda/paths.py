@@ -1,83 +1,63 @@
-"""Which implementation of the cuda backend runs: ``persistent``, ``stepwise``,
-``persistent_tc`` or ``auto``.
+"""The cuda backend's variants (``cuda:<path>``) and a bare ``cuda``'s own choice.
 
+* ``persistent_tc``: the persistent path with the matmul of both directions on tensor cores
+  (WMMA, float16 and bfloat16 only; float32 runs ``persistent``, and :func:`charlstm.backends.
+  last_run` says so).  Forcing it for a shape whose layout does not fit raises ``RuntimeError``.
 * ``persistent``: one cooperative launch per layer and direction for the whole sequence, each
   block keeping its slice of ``W_hh`` in shared memory, one grid barrier per step.  Forcing it
   for a shape whose grid cannot be co-resident raises ``RuntimeError`` with the reason.
 * ``stepwise``: one fused (matmul + cell update) launch per time step from a host loop,
   ``W_hh`` read from L2; works for every size, and is capturable in a CUDA graph.
-* ``persistent_tc``: the persistent paths with the matmul of both directions on tensor cores
-  (WMMA, float16 and bfloat16 only; float32 runs ``persistent``).
-* ``auto`` (default), each direction: ``persistent_tc`` for float16/bfloat16 with batch >= 8
-  (``CHARLSTM_TC_MIN_BATCH`` in ``csrc/launch.h``, an estimate from arithmetic, not measured)
-  when its layout fits, else ``persistent`` when it fits on the device, else ``stepwise``.
 
-The path in force, strongest first: the innermost :func:`use_path` block (this thread), then
-:func:`set_path`, then the ``CHARLSTM_CUDA_PATH`` environment variable, then ``auto``.
-:func:`last_path` says which path the last forward/backward in this thread actually ran
-(benchmarks and tests use it to check they timed what they meant to).
+A bare ``cuda`` (variant ``""``) passes the launcher's ``auto`` path, which decides per
+direction and call: ``persistent_tc`` for float16/bfloat16 with batch >= 8
+(``CHARLSTM_TC_MIN_BATCH`` in ``csrc/launch.h``, an estimate from arithmetic, not measured)
+when its layout fits, else ``persistent`` when it fits on the device, else ``stepwise``
+(:func:`own_choice` for what happens when variants are disabled).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from typing import Iterator, Optional
+from typing import Optional
 
-from ..._override import OverrideStack
-from .abi import PATH_CODES
+from .. import _REGISTRY, legacy_choice
+from .abi import PATH_CODES, PATH_NAMES
 
-ENV_VAR = "CHARLSTM_CUDA_PATH"
-PATHS = tuple(PATH_CODES)
+#: the paths, in the registry's order (``cuda:persistent_tc``, ...)
+VARIANTS: tuple = _REGISTRY["cuda"].variants
 
-_local = threading.local()          # last path used, per thread
-_override = OverrideStack()
-_default: Optional[str] = None
+#: CHARLSTM_CUDA_PATH (no longer read per call): warned about once, mapped to own_choice
+_LEGACY = legacy_choice("CHARLSTM_CUDA_PATH", "cuda")
 
 
-def validate_path(name: str) -> str:
-    if not isinstance(name, str) or name.lower() not in PATH_CODES:
-        raise ValueError(f"unknown cuda backend path {name!r}: expected one of {', '.join(PATHS)}")
-    return name.lower()
+def own_choice(device=None, dtype=None, disabled: frozenset = frozenset()) -> Optional[str]:
+    """The variant a bare ``cuda`` runs: ``""`` (the launcher's ``auto``) unless variants are
+    ``disabled`` (or the old ``CHARLSTM_CUDA_PATH`` names one).  The launcher cannot be told to
+    leave one path out of ``auto``, so then a fixed path: with ``persistent`` disabled,
+    ``stepwise`` (``persistent_tc`` shares its grid barrier and runs it for float32); with
+    ``persistent_tc`` disabled, ``persistent`` (no fallback: a shape it cannot hold raises);
+    with ``stepwise`` disabled, ``persistent_tc`` (also no fallback).  None when nothing is
+    left."""
+    if _LEGACY is not None and _LEGACY not in disabled:
+        return _LEGACY
+    if not disabled:
+        return ""
+    if "persistent" in disabled:
+        order = ("stepwise",)
+    elif "persistent_tc" in disabled:
+        order = ("persistent", "stepwise")
+    else:
+        order = ("persistent_tc", "persistent")
+    return next((v for v in order if v not in disabled), None)
 
 
-def set_path(name: Optional[str]) -> None:
-    """Set the process-wide path (``None`` goes back to ``CHARLSTM_CUDA_PATH`` / ``auto``)."""
-    global _default
-    _default = None if name is None else validate_path(name)
+def path_code(variant: str) -> int:
+    """The launcher's ``enum charlstm_path`` code for ``variant`` (``""``: ``auto``)."""
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"cuda backend: unknown variant {variant!r}, expected one of "
+                         f"{', '.join(VARIANTS)} (or '' for the backend's own choice)")
+    return PATH_CODES[variant or "auto"]
 
 
-@contextlib.contextmanager
-def use_path(name: str) -> Iterator[None]:
-    """Run the cuda backend with path ``name`` inside the block (this thread only)."""
-    with _override.push(validate_path(name)):
-        yield
-
-
-def current_path() -> str:
-    """The path name in force for the next call (see the module docstring for precedence)."""
-    override = _override.top()
-    if override is not None:
-        return override
-    if _default is not None:
-        return _default
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        try:
-            return validate_path(env)
-        except ValueError as e:
-            raise ValueError(f"{ENV_VAR}={env!r}: {e}") from None
-    return "auto"
-
-
-def record(direction: str, name: str) -> None:
-    """Remember which path ran for ``direction`` ("forward" or "backward")."""
-    last = getattr(_local, "last", None)
-    if last is None:
-        last = _local.last = {}
-    last[direction] = name
-
-
-def last_path() -> dict:
-    """``{"forward": name, "backward": name}`` of the last calls in this thread (may be empty)."""
-    return dict(getattr(_local, "last", None) or {})
+def ran_name(code: int) -> str:
+    """The concrete name of the path the launcher reports it ran (``"cuda:persistent"``)."""
+    return f"cuda:{PATH_NAMES.get(code, 'none')}"

@@ -1,13 +1,19 @@
 """The ``triton`` backend: fused Triton kernels for the LSTM recurrent core.
 
-Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
+Variants (``triton:<schedule>``, :data:`VARIANTS`; each runs the same two kernels, see
+:class:`.common.Launch`):
 
-Exposes what the registry (:mod:`charlstm.backends`) expects of a kernel backend:
+* ``persistent`` -- one launch, hidden tiles spread over co-resident programs that meet at a
+  step-flag barrier after every step; the GPU default;
+* ``sequence`` -- one launch, each program runs every step for its batch rows and all hidden
+  units, no program waits for another; the default under the interpreter;
+* ``step`` -- one launch per time step.
 
-* ``core(xproj, w_hh, h0, c0, lengths) -> (hs, hT, cT)`` -- the differentiable recurrent core
-  (the ``charlstm::triton_core_fwd``/``_bwd`` custom ops, :mod:`.ops`);
-* ``unavailable_reason(device, dtype)`` -- None when it can run, else a sentence saying why;
-* ``STATUS`` -- one line on how far it has been verified.
+A bare ``triton`` runs :func:`own_choice`.  Exposes what the registry
+(:mod:`charlstm.backends`) expects of a kernel backend: ``VARIANTS``,
+``variant_reason(variant, device, dtype)``, ``own_choice(device, dtype, disabled)`` and
+``core(xproj, w_hh, h0, c0, lengths, variant)`` (the ``charlstm::triton_core_fwd``/``_bwd``
+custom ops, :mod:`.ops`).
 
 Modules: :mod:`.common` (mode, dtypes, launch choice, pointwise helpers), :mod:`.forward` and
 :mod:`.backward` (one kernel each, design in their docstrings), :mod:`.ops` (dispatch and
@@ -16,36 +22,13 @@ for users: ``docs/triton.md``.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
-
 try:
     import triton  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
     from .. import BackendUnavailable
     raise BackendUnavailable(f"triton is not installed ({e})") from None
 
-from .common import INTERPRET, KERNEL_DTYPES
-from .ops import core, device_reason
+from .common import INTERPRET
+from .ops import VARIANTS, core, own_choice, variant_reason
 
-__all__ = ["core", "unavailable_reason", "STATUS", "INTERPRET"]
-
-#: how far this backend has been verified (do not claim more than has been checked)
-STATUS = "correct under the Triton interpreter (CPU); compiles, untested on GPU"
-
-
-def unavailable_reason(device: Optional[torch.device] = None,
-                       dtype: Optional[torch.dtype] = None) -> Optional[str]:
-    """None if the Triton core can run for ``device``/``dtype``, else a sentence saying why.
-
-    Runs on CUDA devices, and on CPU tensors when ``TRITON_INTERPRET=1`` was set before the
-    kernels were defined.  dtypes: float32, float16, bfloat16 (float64 via the reference).
-    """
-    why = device_reason(device)
-    if why is not None:
-        return why
-    if dtype is not None and dtype not in KERNEL_DTYPES + (torch.float64,):
-        return (f"dtype {dtype} is not supported (float32, float16, bfloat16; float64 runs on "
-                f"the reference kernels)")
-    return None
+__all__ = ["core", "variant_reason", "own_choice", "VARIANTS", "INTERPRET"]

@@ -1,7 +1,5 @@
 """Fused backward kernel of the LSTM recurrent core (contract: :mod:`charlstm.backends.contract`).
 
-Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
-
 The recurrence runs in reverse, ``t = T-1 .. 0``, plus one closing pass ``t = -1`` that only
 produces ``dh0``/``dc0``.  Same three schedules and ownership as the forward (:mod:`.forward`):
 ``"persistent"`` -- one launch, program ``(p, q)`` owns every ``nh``-th hidden tile of batch
@@ -45,8 +43,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier,
-                     run_schedule, tanh, tuned_kernels)
+from .common import (
+    COUNTER_STRIDE,
+    Launch,
+    batch_tile,
+    choose_launch,
+    dot_mode,
+    grid_barrier,
+    run_schedule,
+    tanh,
+    tuned_kernels,
+)
 
 __all__ = ["backward", "lstm_bwd_kernel"]
 

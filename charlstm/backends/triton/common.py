@@ -26,9 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["COUNTER_STRIDE", "INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES", "barrier_counters",
-           "batch_tile", "choose_launch", "dot_mode", "grid_barrier", "last_schedules", "lstm_cell",
-           "persistent_grid", "run_schedule", "tanh", "tune_configs"]
+__all__ = ["COUNTER_STRIDE", "INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES",
+           "barrier_counters", "batch_tile", "choose_launch", "default_schedule", "dot_mode",
+           "grid_barrier", "last_schedules", "lstm_cell", "persistent_grid", "run_schedule",
+           "tanh", "tune_configs"]
 
 
 def _interpreting() -> bool:
@@ -129,22 +130,22 @@ def interpreter_blocks(batch: int, hidden: int) -> dict:
 SCHEDULES = ("sequence", "step", "persistent")
 
 
-def choose_launch(batch: int, hidden: int, schedule: Optional[str] = None) -> Launch:
-    """The launch for a batch/hidden size; ``schedule`` forces one of :data:`SCHEDULES`.
+def default_schedule() -> str:
+    """The schedule of a bare ``triton``: ``"sequence"`` under the interpreter (fewest
+    interpreted operations), ``"persistent"`` on a GPU -- NOT yet measured against the others on
+    a GPU; it is the schedule that spreads ``W_hh`` over many SMs without paying a launch per
+    step."""
+    return "sequence" if INTERPRET else "persistent"
 
-    Default: the ``CHARLSTM_TRITON_SCHEDULE`` environment variable (read per call; benchmarks
-    use it to compare schedules), else ``"sequence"`` under the interpreter (fewest interpreted
-    operations) and ``"persistent"`` on a GPU -- NOT yet measured against the others on a GPU;
-    it is the schedule that spreads ``W_hh`` over many SMs without paying a launch per step.
+
+def choose_launch(batch: int, hidden: int, schedule: Optional[str] = None) -> Launch:
+    """The launch for a batch/hidden size under ``schedule`` (one of :data:`SCHEDULES`: the
+    variant of ``triton:<schedule>``, chosen by :mod:`.ops`); ``None``: :func:`default_schedule`.
     """
-    source = "schedule"
     if schedule is None:
-        schedule = os.environ.get("CHARLSTM_TRITON_SCHEDULE") or None
-        source = "CHARLSTM_TRITON_SCHEDULE"
-    if schedule is None:
-        schedule = "sequence" if INTERPRET else "persistent"
+        schedule = default_schedule()
     if schedule not in SCHEDULES:
-        raise ValueError(f"triton backend: {source} must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"triton backend: schedule must be one of {SCHEDULES}, got {schedule!r}")
     if INTERPRET:
         return Launch(schedule, **interpreter_blocks(batch, hidden))
     if not _autotune_enabled():

@@ -1,7 +1,5 @@
 """Fused forward kernel of the LSTM recurrent core (contract: :mod:`charlstm.backends.contract`).
 
-Status: correct under the Triton interpreter (CPU); compiles, untested on GPU.
-
 One kernel, :func:`lstm_fwd_kernel`, serves the three schedules of :mod:`.common`:
 
 * ``"persistent"`` (GPU default; grid ``(nb, nh)``, one launch): program ``(p, q)`` owns batch
@@ -51,8 +49,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (COUNTER_STRIDE, Launch, batch_tile, choose_launch, dot_mode, grid_barrier,
-                     lstm_cell, run_schedule, tuned_kernels)
+from .common import (
+    COUNTER_STRIDE,
+    Launch,
+    batch_tile,
+    choose_launch,
+    dot_mode,
+    grid_barrier,
+    lstm_cell,
+    run_schedule,
+    tuned_kernels,
+)
 
 __all__ = ["forward", "lstm_fwd_kernel"]
 
@@ -162,8 +169,10 @@ def lstm_fwd_kernel(
             z_g += tl.load(x_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
             z_o += tl.load(x_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
             off = row_h + rj[None, :]
-            c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :], other=0.0)
-                      + tl.load(c0_ptr + off, mask=first_r & jmask[None, :], other=0.0).to(tl.float32))
+            c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jmask[None, :],
+                              other=0.0)
+                      + tl.load(c0_ptr + off, mask=first_r & jmask[None, :],
+                                other=0.0).to(tl.float32))
             i, f, g, o, c_new, h_new = lstm_cell(z_i, z_f, z_g, z_o, c_prev)
             h_new = h_new.to(OUT_T)
             g_t = gates_ptr + t64 * BG + gofs
