@@ -520,8 +520,10 @@ def spawn(
 
 def remove_stale_build_locks() -> list:
     """Delete torch's JIT build lock of the cuda extension: a build killed mid-way leaves it, and
-    every later load then waits on it.  Called only when no charlstm process runs.  (A local
-    helper until charlstm.backends.cuda.build offers one.)"""
+    every later load then waits on it.  Called only when no charlstm process runs (the runner
+    killed every step's process group), so no owner check is needed; the runner itself imports
+    neither torch nor charlstm (it runs before the package is installed), which is why it does
+    not call ``charlstm.backends.cuda.build.clear_stale_lock`` (the JIT build's own check)."""
     roots = (
         [os.environ.get("TORCH_EXTENSIONS_DIR")] if os.environ.get("TORCH_EXTENSIONS_DIR") else []
     )
