@@ -47,24 +47,31 @@ BACKWARD = ("dgates", "dh0", "dc0")
 
 
 def core_inputs(T: int, B: int, H: int, dtype: torch.dtype, device="cpu", *,
-                lengths: Union[None, str, Sequence[int]] = None, zero_state: bool = False,
-                seed: Optional[int] = None):
-    """Seeded inputs of the recurrent core in ``dtype`` on ``device``.
+                cell="lstm", lengths: Union[None, str, Sequence[int]] = None,
+                zero_state: bool = False, seed: Optional[int] = None):
+    """Seeded inputs of the recurrent core of ``cell`` in ``dtype`` on ``device``.
 
-    Returns ``(xproj, w_hh, h0, c0, lengths), (dhs, dhT, dcT)``: ``xproj [T, B, 4H]`` ~ N(0, 1),
-    ``w_hh [4H, H]`` ~ U(+-1/sqrt(H)) (a contractive recurrence, as after ``nn.LSTM``'s init),
-    ``h0 = tanh(N(0, 1))``, ``c0`` ~ N(0, 1) (zeros with ``zero_state``), and upstream gradients
-    ~ N(0, 1) for ``hs``, ``hT``, ``cT``.  ``lengths``: None (every row runs ``T`` steps), a
-    sequence of ``B`` ints in ``[1, T]``, or ``"random"`` (drawn from the seed, in no particular
-    order); returned as int32 on ``device``.  ``seed`` defaults to one derived from the shape.
+    Returns ``(xproj, w_hh, h0, c0, lengths, b_hn), (dhs, dhT, dcT)``: ``xproj [T, B, G*H]`` ~
+    N(0, 1), ``w_hh [G*H, H]`` ~ U(+-1/sqrt(H)) (a contractive recurrence, as after torch's
+    init), ``h0 = tanh(N(0, 1))``, ``c0`` ~ N(0, 1) for the LSTM (zeros with ``zero_state``;
+    None for the other cells), ``b_hn`` ~ U(+-1/sqrt(H)) for the GRU (None for the others),
+    and upstream gradients ~ N(0, 1) for ``hs``, ``hT`` and (LSTM) ``cT`` (``dcT`` None
+    otherwise).  ``lengths``: None (every row runs ``T`` steps), a sequence of ``B`` ints in
+    ``[1, T]``, or ``"random"`` (drawn from the seed, in no particular order); returned as int32
+    on ``device``.  ``seed`` defaults to one derived from the shape (the LSTM's numbers do not
+    depend on the cell argument's existence: same shape, same draws).
     """
+    from .backends.contract import cell_of
+    spec = cell_of(cell)
+    G = spec.gates
     g = torch.Generator().manual_seed(1000 * T + 10 * B + H if seed is None else seed)
-    xproj = torch.randn(T, B, 4 * H, generator=g)
-    w_hh = (torch.rand(4 * H, H, generator=g) * 2 - 1) / H ** 0.5
+    xproj = torch.randn(T, B, G * H, generator=g)
+    w_hh = (torch.rand(G * H, H, generator=g) * 2 - 1) / H ** 0.5
     h0 = torch.zeros(B, H) if zero_state else torch.randn(B, H, generator=g).tanh()
     c0 = torch.zeros(B, H) if zero_state else torch.randn(B, H, generator=g)
-    grads = (torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
-             torch.randn(B, H, generator=g))
+    grads = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
+             torch.randn(B, H, generator=g)]
+    b_hn = (torch.rand(H, generator=g) * 2 - 1) / H ** 0.5 if spec.hidden_bias else None
     if isinstance(lengths, str):
         if lengths != "random":
             raise ValueError(f"lengths must be None, a sequence of ints or 'random', "
@@ -76,51 +83,72 @@ def core_inputs(T: int, B: int, H: int, dtype: torch.dtype, device="cpu", *,
         if len(lengths) != B or not all(1 <= n <= T for n in lengths):
             raise ValueError(f"lengths must be {B} ints in [1, {T}], got {lengths}")
         L = torch.tensor(lengths, dtype=torch.int32, device=device)
+    if not spec.has_c:
+        c0 = grads[2] = None
     to = dict(device=device, dtype=dtype)
-    return (tuple(t.to(**to) for t in (xproj, w_hh, h0, c0)) + (L,),
-            tuple(t.to(**to) for t in grads))
+    conv = lambda t: None if t is None else t.to(**to)   # noqa: E731
+    return (tuple(conv(t) for t in (xproj, w_hh, h0, c0)) + (L, conv(b_hn)),
+            tuple(conv(t) for t in grads))
 
 
-def reference_runs(inputs: tuple, grads: tuple) -> tuple:
+def _double(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.double()
+
+
+def reference_runs(inputs: tuple, grads: tuple, cell="lstm") -> tuple:
     """``(ref, exact)``: the reference backend's forward outputs and backward (fed its own
-    forward's saved ``cs``/``gates``), by the names of :data:`FORWARD` + :data:`BACKWARD`, in the
-    inputs' dtype, and the same in float64 on the same (rounded) inputs and device."""
+    forward's saved ``hs``/``cs``/``gates``) for ``cell``, by the names of :data:`FORWARD` +
+    :data:`BACKWARD`, in the inputs' dtype, and the same in float64 on the same (rounded)
+    inputs and device."""
     from .backends import reference
 
-    def run(xproj, w_hh, h0, c0, L, dhs, dhT, dcT):
-        fwd = reference.forward(xproj, w_hh, h0, c0, L)
+    def run(xproj, w_hh, h0, c0, L, b_hn, dhs, dhT, dcT):
+        fwd = reference.forward(xproj, w_hh, h0, c0, L, b_hn, cell)
         out = dict(zip(FORWARD, fwd))
-        out.update(zip(BACKWARD, reference.backward(dhs, dhT, dcT, w_hh, c0, fwd[3], fwd[4], L)))
+        out.update(zip(BACKWARD, reference.backward(dhs, dhT, dcT, w_hh, h0, c0, fwd[0], fwd[3],
+                                                    fwd[4], L, cell)))
         return out
 
-    xproj, w_hh, h0, c0, L = inputs
-    ref = run(xproj, w_hh, h0, c0, L, *grads)
-    exact = run(*(t.double() for t in (xproj, w_hh, h0, c0)), L, *(g.double() for g in grads))
+    xproj, w_hh, h0, c0, L, b_hn = inputs
+    ref = run(xproj, w_hh, h0, c0, L, b_hn, *grads)
+    exact = run(*(_double(t) for t in (xproj, w_hh, h0, c0)), L, _double(b_hn),
+                *(_double(g) for g in grads))
     return ref, exact
 
 
-def run_kernels(forward, backward, inputs: tuple, grads: tuple, ref: dict) -> dict:
-    """``forward(*inputs)`` and ``backward(*grads, w_hh, c0, cs, gates, lengths)`` fed the
-    reference's saved ``cs``/``gates`` from ``ref`` (so that a forward difference cannot hide or
-    excuse a backward one), by the names of :data:`FORWARD` + :data:`BACKWARD`."""
-    xproj, w_hh, h0, c0, L = inputs
-    out = dict(zip(FORWARD, forward(xproj, w_hh, h0, c0, L)))
-    out.update(zip(BACKWARD, backward(*grads, w_hh, c0, ref["cs"], ref["gates"], L)))
+def run_kernels(forward, backward, inputs: tuple, grads: tuple, ref: dict, cell="lstm") -> dict:
+    """``forward(xproj, w_hh, h0, c0, lengths, b_hn, cell)`` and ``backward(dhs, dhT, dcT, w_hh,
+    h0, c0, hs, cs, gates, lengths, cell)`` fed the reference's saved ``hs``/``cs``/``gates``
+    from ``ref`` (so that a forward difference cannot hide or excuse a backward one), by the
+    names of :data:`FORWARD` + :data:`BACKWARD`."""
+    xproj, w_hh, h0, c0, L, b_hn = inputs
+    out = dict(zip(FORWARD, forward(xproj, w_hh, h0, c0, L, b_hn, cell)))
+    dhs, dhT, dcT = grads
+    out.update(zip(BACKWARD, backward(dhs, dhT, dcT, w_hh, h0, c0, ref["hs"], ref["cs"],
+                                      ref["gates"], L, cell)))
     return out
 
 
-def core_gradients(core, inputs: tuple, grads: tuple, dtype: Optional[torch.dtype] = None) -> dict:
-    """``core(xproj, w_hh, h0, c0, lengths)`` run through autograd (in ``dtype``, default the
-    inputs'), upstream gradients ``grads`` for ``hs``, ``hT``, ``cT``: the outputs and the
-    gradients of the four inputs (``dw_hh`` is computed above the backend, by
-    :func:`charlstm.backends.contract.make_core_op`)."""
-    *tensors, L = inputs
-    dt = dtype or tensors[0].dtype
-    leaves = [t.detach().to(dt).requires_grad_() for t in tensors]
-    hs, hT, cT = core(*leaves, L)
-    torch.autograd.backward((hs, hT, cT), tuple(g.to(dt) for g in grads))
-    return dict(zip(("hs", "hT", "cT", "dxproj", "dw_hh", "dh0", "dc0"),
-                    [t.detach() for t in (hs, hT, cT)] + [t.grad for t in leaves]))
+def core_gradients(core, inputs: tuple, grads: tuple, dtype: Optional[torch.dtype] = None,
+                   cell="lstm") -> dict:
+    """``core(xproj, w_hh, h0, c0, lengths, cell=, b_hn=)`` run through autograd (in ``dtype``,
+    default the inputs'), upstream gradients ``grads`` for ``hs``, ``hT`` (and ``cT``): the
+    outputs and the gradients of every differentiable input (``dw_hh`` and ``db_hn`` are
+    computed above the backend, by :func:`charlstm.backends.contract.make_core_op`)."""
+    xproj, w_hh, h0, c0, L, b_hn = inputs
+    dt = dtype or xproj.dtype
+    names = ("xproj", "w_hh", "h0", "c0", "b_hn")
+    leaves = {n: t.detach().to(dt).requires_grad_()
+              for n, t in zip(names, (xproj, w_hh, h0, c0, b_hn)) if t is not None}
+    hs, hT, cT = core(leaves["xproj"], leaves["w_hh"], leaves["h0"], leaves.get("c0"), L,
+                      cell=cell, b_hn=leaves.get("b_hn"))
+    outs = [(t, g) for t, g in zip((hs, hT, cT), grads) if g is not None]
+    torch.autograd.backward([t for t, _ in outs], [g.to(dt) for _, g in outs])
+    res = {"hs": hs.detach(), "hT": hT.detach()}
+    if "c0" in leaves:
+        res["cT"] = cT.detach()
+    res.update({f"d{n}": t.grad for n, t in leaves.items()})
+    return res
 
 
 def _mask_inactive_gates(out: Mapping[str, Tensor], lengths: Optional[Tensor]) -> dict:
@@ -206,7 +234,8 @@ def expected_run(name: str, dtype: torch.dtype) -> str:
     return name
 
 
-def skip_unless_runs(name: str, device, dtype: Optional[torch.dtype] = None) -> None:
+def skip_unless_runs(name: str, device, dtype: Optional[torch.dtype] = None,
+                     cell: Optional[str] = None) -> None:
     """In a pytest test of kernel path ``name``: skip, with the reason, when it cannot run on
     ``device``/``dtype`` here -- except that on a CUDA device an unavailable kernel backend is a
     failure, unless ``CHARLSTM_DISABLED_VARIANTS`` disabled it (a GPU machine must run every
@@ -215,6 +244,10 @@ def skip_unless_runs(name: str, device, dtype: Optional[torch.dtype] = None) -> 
     import pytest
 
     from . import backends
+    backend, _ = backends.parse_name(name)
+    why = backends.cell_reason(backend, cell)
+    if why:                          # a cell not implemented yet is not a broken backend
+        pytest.skip(f"{name}: {why}")
     why = backends.unavailable_reason(name, device, dtype)
     if why is None:
         return

@@ -53,7 +53,8 @@ def check_variant(name: str, device, dtype, T: int, B: int, H: int) -> tuple:
     """Run ``name`` once on ``device``; ``(problems, note)``: what makes it fail (empty: it ran)
     and a one-line account with its 2x-rule verdict."""
     lengths = [T - (5 * b) % T for b in range(B)]          # in [1, T], row 0 runs every step
-    (*inputs, L), grads = core_inputs(T, B, H, dtype, device, lengths=lengths, seed=0)
+    (*inputs, L, _b_hn), grads = core_inputs(T, B, H, dtype, device, lengths=lengths,
+                                             seed=0)
     got = forward_backward(backends.core_for(name), inputs, L, grads)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         return SKIP_RC
     dev, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     T, B, H = (int(x) for x in args.shape.split(","))
-    (*inputs, L), grads = core_inputs(T, B, H, dtype, dev, seed=0)
+    (*inputs, L, _b_hn), grads = core_inputs(T, B, H, dtype, dev, seed=0)
     runnable = []
     for name in args.variants:
         why = backends.unavailable_reason(name, dev, dtype)

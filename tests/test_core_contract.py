@@ -16,8 +16,10 @@ variant argument), and is checked against
   the same bound of the reference in the same dtype; and every variant against every other
   (:func:`test_variants_agree`).
 
-A new variant is tested by being registered.  Here (no GPU) the triton variants run under the
-Triton interpreter at small shapes and the cuda variants skip with their reason; on a GPU
+Every cell of the contract (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``) runs through the same
+tests; a variant whose backend does not implement a cell (``Backend.cells``) skips it with that
+reason.  A new variant is tested by being registered.  Here (no GPU) the triton variants run
+under the Triton interpreter at small shapes and the cuda variants skip with their reason; on a GPU
 machine a kernel path that cannot run fails, unless ``CHARLSTM_DISABLED_VARIANTS`` disabled it
 (``charlstm.testing.skip_unless_runs``), and larger shapes are added.
 """
@@ -31,7 +33,7 @@ import pytest
 import torch
 
 from charlstm import backends
-from charlstm.backends.contract import acc_dtype
+from charlstm.backends.contract import CELLS, acc_dtype
 from charlstm.testing import (
     assert_2x,
     check_core,
@@ -76,45 +78,58 @@ if GPU:   # where the kernels are fast: long T, many blocks, H off every tile
                Shape(6, 9, 3, lengths=(6, 2, 5, 1, 6, 3, 4, 6, 2))]
 
 
+#: the cells every variant is checked on (the LSTM on every shape, the others on fewer: the
+#: loop and the tiles are shared, the pointwise step is what differs)
+CELL_SHAPES = {"lstm": SHAPES, **{c: SHAPES[:3] for c in CELLS if c != "lstm"}}
+
+
+def _cells(v):
+    """The cells to parametrize variant ``v`` on: those its backend implements."""
+    return [c for c in CELLS if c in v.cells]
+
+
 def _params():
     for v in VARIANTS:
-        for dt in (d for d in DTYPES if d in v.dtypes):
-            for s in SHAPES:
-                yield pytest.param(v.name, dt, s, id=f"{v.name}-{DT_IDS[dt]}-{s.id()}")
+        for cell in _cells(v):
+            for dt in (d for d in DTYPES if d in v.dtypes):
+                for s in CELL_SHAPES[cell]:
+                    yield pytest.param(v.name, cell, dt, s,
+                                       id=f"{v.name}-{cell}-{DT_IDS[dt]}-{s.id()}")
 
 
 def _pairs():
     kernels = [v for v in VARIANTS if v.name != "reference"]   # reference: in the test above
     for a, b in itertools.combinations(kernels, 2):
-        for dt in (d for d in DTYPES if d in a.dtypes and d in b.dtypes):
-            for s in SHAPES:
-                yield pytest.param(a.name, b.name, dt, s,
-                                   id=f"{a.name}-vs-{b.name}-{DT_IDS[dt]}-{s.id()}")
+        for cell in (c for c in _cells(a) if c in b.cells):
+            for dt in (d for d in DTYPES if d in a.dtypes and d in b.dtypes):
+                for s in CELL_SHAPES[cell]:
+                    yield pytest.param(a.name, b.name, cell, dt, s,
+                                       id=f"{a.name}-vs-{b.name}-{cell}-{DT_IDS[dt]}-{s.id()}")
 
 
 # ----------------------------------------------------------------------------- runs (cached)
 _RUNS: dict = {}
 
 
-def _inputs(dtype, shape):
-    return core_inputs(shape.T, shape.B, shape.H, dtype, DEV, lengths=shape.lengths,
+def _inputs(cell, dtype, shape):
+    return core_inputs(shape.T, shape.B, shape.H, dtype, DEV, cell=cell, lengths=shape.lengths,
                        zero_state=shape.zero_state)
 
 
-def _truth(dtype, shape):
+def _truth(cell, dtype, shape):
     """``(ref, exact)`` of :func:`charlstm.testing.reference_runs` (cached)."""
-    key = ("truth", dtype, shape)
+    key = ("truth", cell, dtype, shape)
     if key not in _RUNS:
-        _RUNS[key] = reference_runs(*_inputs(dtype, shape))
+        _RUNS[key] = reference_runs(*_inputs(cell, dtype, shape), cell=cell)
     return _RUNS[key]
 
 
-def _run(name, dtype, shape):
+def _run(name, cell, dtype, shape):
     """``(outputs, (forward ran, backward ran))`` of kernel path ``name`` through its
     registered ops, the backward fed the reference forward's saved tensors (cached)."""
-    key = (name, dtype, shape)
+    key = (name, cell, dtype, shape)
     if key not in _RUNS:
-        skip_unless_runs(name, DEV, dtype)
+        skip_unless_runs(name, DEV, dtype, cell)
         core = backends.core_for(name)
         ran = {}
 
@@ -124,18 +139,21 @@ def _run(name, dtype, shape):
             return out
 
         out = run_kernels(fwd, lambda *args: core.bwd_op(*args, core.variant),
-                          *_inputs(dtype, shape), _truth(dtype, shape)[0])
+                          *_inputs(cell, dtype, shape), _truth(cell, dtype, shape)[0], cell)
         _RUNS[key] = out, (ran["forward"], backends.last_run().get("backward"))
     return _RUNS[key]
 
 
 # ----------------------------------------------------------------------------- the contract
-def _check_structure(out: dict, dtype, shape, L) -> None:
+def _check_structure(out: dict, cell: str, dtype, shape, L) -> None:
+    spec = CELLS[cell]
     T, B, H = shape.T, shape.B, shape.H
     A = acc_dtype(dtype)
-    want = {"hs": ((T, B, H), dtype), "hT": ((B, H), dtype), "cT": ((B, H), dtype),
-            "cs": ((T, B, H), A), "gates": ((T, B, 4 * H), A), "dgates": ((T, B, 4 * H), dtype),
-            "dh0": ((B, H), dtype), "dc0": ((B, H), dtype)}
+    c_shape = (B, H) if spec.has_c else (0,)
+    want = {"hs": ((T, B, H), dtype), "hT": ((B, H), dtype), "cT": (c_shape, dtype),
+            "cs": ((T, B, H) if spec.has_c else (0,), A),
+            "gates": ((T, B, spec.saved * H), A), "dgates": ((T, B, spec.gates * H), dtype),
+            "dh0": ((B, H), dtype), "dc0": (c_shape, dtype)}
     for k, (shp, dt) in want.items():
         assert (tuple(out[k].shape), out[k].dtype) == (shp, dt), (k, out[k].shape, out[k].dtype)
         assert torch.isfinite(out[k]).all(), f"{k} is not finite"
@@ -146,6 +164,8 @@ def _check_structure(out: dict, dtype, shape, L) -> None:
     assert (out["dgates"][inactive] == 0).all(), "dgates of inactive rows must be exactly 0"
     at_last = lambda t: t.gather(0, last.expand(1, B, H))[0]   # noqa: E731  [B, H] at L_b - 1
     assert torch.equal(out["hT"], at_last(out["hs"])), "hT is not h after the last active step"
+    if not spec.has_c:
+        return
     c_last = at_last(out["cs"])
     if dtype == A:
         assert torch.equal(out["cT"], c_last), "cT is not c after the last active step"
@@ -158,56 +178,64 @@ def _check_structure(out: dict, dtype, shape, L) -> None:
         "cs of inactive rows must carry their last c"
 
 
-@pytest.mark.parametrize("name,dtype,shape", list(_params()))
-def test_forward_and_backward_contract(name, dtype, shape):
-    out, ran = _run(name, dtype, shape)
+@pytest.mark.parametrize("name,cell,dtype,shape", list(_params()))
+def test_forward_and_backward_contract(name, cell, dtype, shape):
+    out, ran = _run(name, cell, dtype, shape)
     expected = expected_run(name, dtype)
     assert ran == (expected, expected), f"asked for {name}, last_run() says {ran}"
-    L = _inputs(dtype, shape)[0][4]
-    _check_structure(out, dtype, shape, L)
-    bad = check_core(out, *_truth(dtype, shape), dtype, L)
-    assert not bad, f"{name} ({dtype}) outside the 2x rule: {bad}"
+    L = _inputs(cell, dtype, shape)[0][4]
+    _check_structure(out, cell, dtype, shape, L)
+    bad = check_core(out, *_truth(cell, dtype, shape), dtype, L)
+    assert not bad, f"{name} {cell} ({dtype}) outside the 2x rule: {bad}"
 
 
-@pytest.mark.parametrize("a,b,dtype,shape", list(_pairs()))
-def test_variants_agree(a, b, dtype, shape):
+@pytest.mark.parametrize("a,b,cell,dtype,shape", list(_pairs()))
+def test_variants_agree(a, b, cell, dtype, shape):
     """Every kernel path against every other, on the same inputs, within the 2x rule's bound."""
-    L = _inputs(dtype, shape)[0][4]
-    bad = check_core(_run(a, dtype, shape)[0], *_truth(dtype, shape), dtype, L,
-                     other=_run(b, dtype, shape)[0])
-    assert not bad, f"{a} vs {b} ({dtype}) outside the 2x rule: {bad}"
+    L = _inputs(cell, dtype, shape)[0][4]
+    bad = check_core(_run(a, cell, dtype, shape)[0], *_truth(cell, dtype, shape), dtype, L,
+                     other=_run(b, cell, dtype, shape)[0])
+    assert not bad, f"{a} vs {b} {cell} ({dtype}) outside the 2x rule: {bad}"
 
 
 # ----------------------------------------------------------------------------- registration
 SMALL = Shape(3, 2, 16, lengths=(3, 2))
 
 
-@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
-def test_autograd_runs_the_variant_both_ways(name):
+def _cell_params():
+    return [pytest.param(v.name, c, id=f"{v.name}-{c}") for v in VARIANTS for c in _cells(v)]
+
+
+@pytest.mark.parametrize("name,cell", _cell_params())
+def test_autograd_runs_the_variant_both_ways(name, cell):
     """Through ``core_for(name)`` and autograd: the backward runs the forward's variant, and
-    every gradient (dW_hh included, computed above the backend) is within the 2x rule of the
-    reference's."""
+    every gradient (dW_hh and the GRU's db_hn included, computed above the backend) is within
+    the 2x rule of the reference's."""
     dtype = torch.float16
-    skip_unless_runs(name, DEV, dtype)
-    inputs, grads = _inputs(dtype, SMALL)
-    got = core_gradients(backends.core_for(name), inputs, grads)
+    skip_unless_runs(name, DEV, dtype, cell)
+    inputs, grads = _inputs(cell, dtype, SMALL)
+    got = core_gradients(backends.core_for(name), inputs, grads, cell=cell)
     assert backends.last_run() == {"forward": name, "backward": name}
-    ref = core_gradients(backends.core_for("reference"), inputs, grads)
-    exact = core_gradients(backends.core_for("reference"), inputs, grads, torch.float64)
-    assert_2x(got, exact, exact, errors(ref, exact), dtype, label=f"{name} through autograd")
+    ref = core_gradients(backends.core_for("reference"), inputs, grads, cell=cell)
+    exact = core_gradients(backends.core_for("reference"), inputs, grads, torch.float64, cell=cell)
+    assert_2x(got, exact, exact, errors(ref, exact), dtype,
+              label=f"{name} {cell} through autograd")
 
 
-@pytest.mark.parametrize("name", [v.name for v in VARIANTS])
-def test_opcheck(name):
-    """The registered ops, with this variant, pass ``torch.library.opcheck`` (schema, fake
-    tensors, autograd registration), with and without ``lengths``."""
-    skip_unless_runs(name, DEV, torch.float32)
+@pytest.mark.parametrize("name,cell", _cell_params())
+def test_opcheck(name, cell):
+    """The registered ops, with this variant and cell, pass ``torch.library.opcheck`` (schema,
+    fake tensors, autograd registration), with and without ``lengths``."""
+    skip_unless_runs(name, DEV, torch.float32, cell)
     core = backends.core_for(name)
-    (xproj, w, h0, c0, L), (dhs, dhT, dcT) = _inputs(torch.float32, SMALL)
-    for t in (xproj, w, h0, c0):
-        t.requires_grad_()
+    (xproj, w, h0, c0, L, b_hn), (dhs, dhT, dcT) = _inputs(cell, torch.float32, SMALL)
+    for t in (xproj, w, h0, c0, b_hn):
+        if t is not None:
+            t.requires_grad_()
     for lengths in (L, None):
-        torch.library.opcheck(core.fwd_op, (xproj, w, h0, c0, lengths, core.variant))
-    _, _, _, cs, gates = core.fwd_op(xproj, w, h0, c0, L, core.variant)
-    torch.library.opcheck(core.bwd_op, (dhs, dhT, dcT, w.detach(), c0.detach(), cs.detach(),
-                                        gates.detach(), L, core.variant))
+        torch.library.opcheck(core.fwd_op, (xproj, w, h0, c0, lengths, b_hn, cell, core.variant))
+    hs, _, _, cs, gates = core.fwd_op(xproj, w, h0, c0, L, b_hn, cell, core.variant)
+    detach = lambda t: None if t is None else t.detach()   # noqa: E731
+    torch.library.opcheck(core.bwd_op, (dhs, dhT, dcT, w.detach(), h0.detach(), detach(c0),
+                                        hs.detach(), cs.detach(), gates.detach(), L, cell,
+                                        core.variant))

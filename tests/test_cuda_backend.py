@@ -214,7 +214,7 @@ def _core(name: str, dtype=torch.float32):
 def _check_forward(core, inputs, grads, dtype, label):
     """The forward outputs of ``core.fwd_op`` within the 2x rule."""
     ref, exact = reference_runs(inputs, grads)
-    got = dict(zip(FORWARD, core.fwd_op(*inputs, core.variant)))
+    got = dict(zip(FORWARD, core.fwd_op(*inputs, "lstm", core.variant)))
     bad = testing.check_core(got, ref, exact, dtype, inputs[4])
     assert not bad, f"{label}: {bad}"
 
@@ -262,7 +262,7 @@ def test_forced_persistent_on_unfit_shape_raises_and_bare_cuda_falls_back(no_tf3
     H = 4096  # float32 W_hh slice per block far beyond shared memory on any current GPU
     inputs, grads = core_inputs(2, 2, H, torch.float32, DEV)
     with pytest.raises(RuntimeError, match="persistent path cannot run"):
-        core.fwd_op(*inputs, core.variant)
+        core.fwd_op(*inputs, "lstm", core.variant)
     _check_forward(backends.core_for("cuda"), inputs, grads, torch.float32,
                    "cuda (auto fallback)")
     assert backends.last_run()["forward"] == "cuda:stepwise"
@@ -281,15 +281,15 @@ def test_torch_compile_fullgraph():
 def test_stepwise_path_captures_in_a_cuda_graph():
     core = _core("cuda:stepwise")
     inputs, _ = core_inputs(6, 3, 20, torch.float32, DEV)
-    eager = core.fwd_op(*inputs, core.variant)
+    eager = core.fwd_op(*inputs, "lstm", core.variant)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        core.fwd_op(*inputs, core.variant)           # warm-up outside capture
+        core.fwd_op(*inputs, "lstm", core.variant)           # warm-up outside capture
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = core.fwd_op(*inputs, core.variant)
+        captured = core.fwd_op(*inputs, "lstm", core.variant)
     graph.replay()
     torch.cuda.synchronize()
     for a, b in zip(captured, eager):

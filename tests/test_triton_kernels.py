@@ -47,14 +47,27 @@ DEV = torch.device("cpu" if INTERPRET else "cuda")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def _kernel_forward(launch):
+    """:func:`.forward.forward` under ``launch`` behind the contract's arguments (LSTM cell)."""
+    def forward(xproj, w_hh, h0, c0, L, b_hn, cell):
+        return tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
+    return forward
+
+
+def _kernel_backward(launch):
+    """:func:`.backward.backward` under ``launch`` behind the contract's arguments."""
+    def backward(dhs, dhT, dcT, w_hh, h0, c0, hs, cs, gates, L, cell):
+        return tbwd.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, L, launch=launch)
+    return backward
+
+
 def check_core(T, B, H, dtype, *, lengths=None, zero_state=False, launch=None):
     """Forward and backward of the kernels under ``launch`` against the reference and a float64
     run (:func:`charlstm.testing.check_core`); the backward is fed the reference forward's saved
     ``cs``/``gates``.  Inactive rows: exact zeros in ``hs`` and ``dgates``."""
     inputs, grads = core_inputs(T, B, H, dtype, DEV, lengths=lengths, zero_state=zero_state)
     ref, exact = reference_runs(inputs, grads)
-    got = run_kernels(lambda *a: tfwd.forward(*a, launch=launch),
-                      lambda *a: tbwd.backward(*a, launch=launch), inputs, grads, ref)
+    got = run_kernels(_kernel_forward(launch), _kernel_backward(launch), inputs, grads, ref)
     bad = testing.check_core(got, ref, exact, dtype, inputs[4])
     assert not bad, f"{launch} ({dtype}) outside the 2x rule: {bad}"
     if inputs[4] is not None:   # the contract's exact zeros on inactive rows
@@ -96,7 +109,7 @@ def test_core_narrow_tiles_and_resident_weights(launch):
     (Launch("step", 16, 16, 32, 1, w_resident=True), "block_k >= H"),
     (Launch("persistent", 16, 16, 64, 1, max_programs=4, w_resident=True), "2 program")])
 def test_resident_launch_that_cannot_hold_its_slice_is_refused(launch, msg):
-    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 17, 33, torch.float32, DEV)
+    (xproj, w_hh, h0, c0, L, _b_hn), _ = core_inputs(2, 17, 33, torch.float32, DEV)
     with pytest.raises(ValueError, match=msg):
         tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
 
@@ -450,7 +463,7 @@ def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, B, H, block_h, bloc
 
 
 def test_core_rejects_bad_inputs():
-    (xproj, w_hh, h0, c0, L), _ = core_inputs(2, 2, 16, torch.float32, DEV)
+    (xproj, w_hh, h0, c0, L, _b_hn), _ = core_inputs(2, 2, 16, torch.float32, DEV)
     with pytest.raises(ValueError, match="w_hh must be"):
         tb.ops.forward(xproj, w_hh[:, :8], h0, c0, L)
     with pytest.raises(TypeError, match="dtype must be"):
@@ -787,9 +800,8 @@ def test_gpu_tensors_on_a_device_that_is_not_current():
         for launch in (None, Launch("persistent", 16, 16, 16, 4), Launch("step", 16, 16, 16, 4)):
             inputs, grads = core_inputs(6, 5, 40, torch.float32, dev, lengths=[6, 2, 5, 1, 6])
             ref, exact = reference_runs(inputs, grads)
-            got = run_kernels(lambda *a, launch=launch: tfwd.forward(*a, launch=launch),
-                              lambda *a, launch=launch: tbwd.backward(*a, launch=launch),
-                              inputs, grads, ref)
+            got = run_kernels(_kernel_forward(launch), _kernel_backward(launch), inputs, grads,
+                              ref)
             assert all(t.device == dev for t in got.values())
             bad = testing.check_core(got, ref, exact, torch.float32, inputs[4])
             assert not bad, f"{launch}: {bad}"

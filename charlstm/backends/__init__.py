@@ -72,6 +72,8 @@ class Backend:
     dtypes: tuple
     #: how far it has been verified -- the one place this is written (shown by ``charlstm info``)
     status: str
+    #: the cells (:data:`charlstm.backends.contract.CELLS`) its kernels implement
+    cells: tuple = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 _REGISTRY = {
@@ -83,10 +85,11 @@ _REGISTRY = {
     "triton": Backend("triton", "charlstm.backends.triton", True,
                       ("persistent", "sequence", "step"), ("cuda", "cpu"), _ALL_DTYPES,
                       "correct under the Triton interpreter (CPU); compiles for sm_90; "
-                      "untested on GPU"),
+                      "untested on GPU", ("lstm",)),
     "cuda": Backend("cuda", "charlstm.backends.cuda", True,
                     ("persistent_tc", "persistent", "stepwise"), ("cuda",), _HALF_AND_SINGLE,
-                    "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU"),
+                    "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU",
+                    ("lstm",)),
 }
 
 #: the backend families, in registry order
@@ -116,6 +119,7 @@ class VariantInfo:
     status: str                # the backend's verification status
     device_types: tuple        # device types its kernels can run on at all
     dtypes: tuple              # input dtypes it accepts
+    cells: tuple               # cells its kernels implement
 
 
 _override = OverrideStack()
@@ -179,9 +183,10 @@ _CORES: dict = {}
 
 
 def _bind(core, variant: str):
-    """``core`` with ``variant`` bound: ``bound(xproj, w_hh, h0, c0, lengths)``."""
-    def bound(xproj, w_hh, h0, c0, lengths=None):
-        return core(xproj, w_hh, h0, c0, lengths, variant)
+    """``core`` with ``variant`` bound: ``bound(xproj, w_hh, h0, c0=None, lengths=None, *,
+    cell="lstm", b_hn=None)``."""
+    def bound(xproj, w_hh, h0, c0=None, lengths=None, *, cell="lstm", b_hn=None):
+        return core(xproj, w_hh, h0, c0, lengths, variant, cell=cell, b_hn=b_hn)
     bound.fwd_op, bound.bwd_op, bound.variant = core.fwd_op, core.bwd_op, variant
     return bound
 
@@ -255,13 +260,29 @@ def _own_choice(backend: str, device, dtype) -> tuple:
     return choice, None
 
 
+def cell_reason(backend: str, cell: Optional[str]) -> Optional[str]:
+    """None when ``backend`` implements ``cell`` (None: any cell), else why not."""
+    if cell is None or backend == "auto":
+        return None
+    from .contract import cell_of
+    name = cell_of(cell).name
+    if name not in _REGISTRY[backend].cells:
+        return (f"the {backend} backend does not implement the {name} cell yet (it implements "
+                f"{', '.join(_REGISTRY[backend].cells)})")
+    return None
+
+
 def unavailable_reason(name: str, device: Optional[torch.device] = None,
-                       dtype: Optional[torch.dtype] = None) -> Optional[str]:
-    """None when ``name`` can run for this device/dtype (either may be None: "some"), else a
-    sentence saying why.  A bare ``triton``/``cuda`` can run when its own choice can."""
+                       dtype: Optional[torch.dtype] = None,
+                       cell: Optional[str] = None) -> Optional[str]:
+    """None when ``name`` can run for this device/dtype/cell (each may be None: "some"), else
+    a sentence saying why.  A bare ``triton``/``cuda`` can run when its own choice can."""
     backend, variant = parse_name(name)
     if backend == "auto":
         return None
+    why = cell_reason(backend, cell)
+    if why:
+        return why
     if variant is None and _REGISTRY[backend].variants:
         return _own_choice(backend, device, dtype)[1]
     if validate_name(name) in disabled_variants():
@@ -270,23 +291,23 @@ def unavailable_reason(name: str, device: Optional[torch.device] = None,
 
 
 def variants(device: Optional[torch.device] = None,
-             dtype: Optional[torch.dtype] = None) -> list:
+             dtype: Optional[torch.dtype] = None, cell: Optional[str] = None) -> list:
     """Every concrete name (:data:`NAMES`) as a :class:`VariantInfo`, with its availability
-    for ``device``/``dtype`` (None: any)."""
+    for ``device``/``dtype``/``cell`` (None: any)."""
     out = []
     for name in NAMES:
         backend, variant = parse_name(name)
         b = _REGISTRY[backend]
-        why = unavailable_reason(name, device, dtype)
+        why = unavailable_reason(name, device, dtype, cell)
         out.append(VariantInfo(name, backend, variant, b.is_core, why is None, why, b.status,
-                               b.device_types, b.dtypes))
+                               b.device_types, b.dtypes, b.cells))
     return out
 
 
 def kernel_variants(device: Optional[torch.device] = None,
-                    dtype: Optional[torch.dtype] = None) -> list:
+                    dtype: Optional[torch.dtype] = None, cell: Optional[str] = None) -> list:
     """:func:`variants` of the backends with a recurrent core (everything but ``torch``)."""
-    return [v for v in variants(device, dtype) if v.is_core]
+    return [v for v in variants(device, dtype, cell) if v.is_core]
 
 
 def status(name: str) -> str:
@@ -323,7 +344,7 @@ def requested(module_choice: str) -> str:
 
 
 def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int = 0,
-            hidden: int = 0, seq_len: int = 0) -> str:
+            hidden: int = 0, seq_len: int = 0, cell: str = "lstm") -> str:
     """Turn a requested name into the name that runs; ``BackendUnavailable`` (naming it and
     why) when it cannot.
 
@@ -334,11 +355,14 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
     * ``auto`` (written down from measurements; until a kernel backend has GPU benchmark results
       that beat cuDNN for a shape, ``auto`` does not pick it): ``torch`` on CPU (its native CPU
       LSTM beats a Python-level loop and the Triton interpreter) and on CUDA (cuDNN).
+
+    ``cell``: the layer's cell (:data:`charlstm.backends.contract.CELLS`); a backend that does
+    not implement it is unavailable for it.
     """
     canonical = validate_name(name)
     if canonical == "auto":
         return "torch"
-    why = unavailable_reason(canonical, device, dtype)
+    why = unavailable_reason(canonical, device, dtype, cell)
     if why:
         raise BackendUnavailable(f"charlstm backend {canonical!r} is unavailable: {why}")
     if canonical in _REGISTRY and _REGISTRY[canonical].variants:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import BackendUnavailable, disabled_variants, record_run
+from .. import BackendUnavailable, cell_reason, disabled_variants, record_run
 from ..contract import CoreKernels, check_core_inputs, make_core_op
 from . import build, paths
 from .abi import DTYPE_CODES
@@ -41,10 +41,18 @@ def _path(variant: str, t: Tensor) -> int:
     return paths.path_code(variant)
 
 
-def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _check_cell(cell) -> None:
+    why = cell_reason("cuda", cell)
+    if why:
+        raise BackendUnavailable(f"charlstm backend 'cuda': {why}")
+
+
+def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
+            lengths: Optional[Tensor], b_hn: Optional[Tensor] = None, cell: str = "lstm",
             variant: str = ""):
-    """Contract forward -> (hs, hT, cT, cs, gates); cs/gates in float32."""
-    check_core_inputs(xproj, w_hh, h0, c0, lengths)
+    """Contract forward -> (hs, hT, cT, cs, gates) of ``cell``; cs/gates in float32."""
+    check_core_inputs(xproj, w_hh, h0, c0, lengths, b_hn, cell)
+    _check_cell(cell)
     _check_supported(xproj, "xproj")
     code = _path(variant, xproj)
     ext = build.load_extension()
@@ -57,9 +65,11 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Option
     return hs, hT, cT, cs, gates
 
 
-def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
-             gates: Tensor, lengths: Optional[Tensor], variant: str = ""):
-    """Contract backward -> (dgates, dh0, dc0)."""
+def backward(dhs: Tensor, dhT: Tensor, dcT: Optional[Tensor], w_hh: Tensor, h0: Tensor,
+             c0: Optional[Tensor], hs: Tensor, cs: Tensor, gates: Tensor,
+             lengths: Optional[Tensor], cell: str = "lstm", variant: str = ""):
+    """Contract backward -> (dgates, dh0, dc0) of ``cell``."""
+    _check_cell(cell)
     _check_supported(w_hh, "w_hh")
     code = _path(variant, w_hh)
     ext = build.load_extension()

@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import (
     _REGISTRY,
     BackendUnavailable,
+    cell_reason,
     disabled_variants,
     legacy_choice,
     record_run,
@@ -107,14 +108,22 @@ def _schedule(variant: str, t: Tensor) -> str:
     return choice
 
 
-def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _check_cell(cell) -> None:
+    why = cell_reason("triton", cell)
+    if why:
+        raise BackendUnavailable(f"charlstm backend 'triton': {why}")
+
+
+def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
+            lengths: Optional[Tensor], b_hn: Optional[Tensor] = None, cell: str = "lstm",
             variant: str = ""):
-    """Contract forward -> ``(hs, hT, cT, cs, gates)`` with schedule ``variant``."""
-    check_core_inputs(xproj, w_hh, h0, c0, lengths)
+    """Contract forward -> ``(hs, hT, cT, cs, gates)`` of ``cell`` with schedule ``variant``."""
+    check_core_inputs(xproj, w_hh, h0, c0, lengths, b_hn, cell)
+    _check_cell(cell)
     if xproj.dtype == torch.float64:
         _check_variant(variant)
         record_run("forward", "reference")
-        return reference.forward(xproj, w_hh, h0, c0, lengths)
+        return reference.forward(xproj, w_hh, h0, c0, lengths, b_hn, cell)
     schedule = _schedule(variant, xproj)
     T, B, G = xproj.shape
     out = _fwd.forward(xproj.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(),
@@ -124,13 +133,15 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Option
     return out
 
 
-def backward(dhs: Tensor, dhT: Tensor, dcT: Tensor, w_hh: Tensor, c0: Tensor, cs: Tensor,
-             gates: Tensor, lengths: Optional[Tensor], variant: str = ""):
-    """Contract backward -> ``(dgates, dh0, dc0)`` with schedule ``variant``."""
+def backward(dhs: Tensor, dhT: Tensor, dcT: Optional[Tensor], w_hh: Tensor, h0: Tensor,
+             c0: Optional[Tensor], hs: Tensor, cs: Tensor, gates: Tensor,
+             lengths: Optional[Tensor], cell: str = "lstm", variant: str = ""):
+    """Contract backward -> ``(dgates, dh0, dc0)`` of ``cell`` with schedule ``variant``."""
+    _check_cell(cell)
     if w_hh.dtype == torch.float64:
         _check_variant(variant)
         record_run("backward", "reference")
-        return reference.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, lengths)
+        return reference.backward(dhs, dhT, dcT, w_hh, h0, c0, hs, cs, gates, lengths, cell)
     schedule = _schedule(variant, w_hh)
     T, B, H = dhs.shape
     c = [t.contiguous() for t in (dhs.to(w_hh.dtype), dhT.to(w_hh.dtype), dcT.to(w_hh.dtype),
