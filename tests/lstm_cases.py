@@ -52,16 +52,30 @@ class Case:
             parts.append(f"proj{self.proj_size}")
         if not self.with_hx:
             parts.append("nohx")
+        if self.lengths:
+            parts.append("len" + ".".join(map(str, self.lengths)))
         return "-".join(parts)
 
 
-def _lengths(case: Case) -> list:
+def lengths_of(case: Case) -> list:
+    """The case's per-row lengths: its own, else seeded random ones in 1..T.  No row is forced to
+    be the longest (nor to have length T): a layer that assumes row 0 leads, or that the padded
+    input's T is the longest length, must fail somewhere in the grid."""
     if case.lengths:
         return list(case.lengths)
     g = torch.Generator().manual_seed(case.T * 31 + case.B)
-    ls = torch.randint(1, case.T + 1, (case.B,), generator=g).tolist()
-    ls[0] = case.T
-    return ls
+    return torch.randint(1, case.T + 1, (case.B,), generator=g).tolist()
+
+
+def sort_permutation(lengths: list) -> list:
+    """The ``sorted_indices`` that ``pack_padded_sequence(..., enforce_sorted=False)`` makes."""
+    return torch.sort(torch.tensor(lengths), descending=True)[1].tolist()
+
+
+def is_own_inverse(perm: list) -> bool:
+    """True when applying ``perm`` twice is the identity: then ``sorted_indices`` equals
+    ``unsorted_indices`` and a layer that confuses the two passes anyway (issue 18)."""
+    return all(perm[perm[i]] == i for i in range(len(perm)))
 
 
 def make_data(case: Case, dtype=torch.float64, device="cpu") -> dict:
@@ -81,7 +95,7 @@ def make_data(case: Case, dtype=torch.float64, device="cpu") -> dict:
         if unbatched:
             h0, c0 = h0[:, 0], c0[:, 0]
         hx = (h0, c0)
-    lengths = _lengths(case)
+    lengths = lengths_of(case)
     if case.kind == "packed":
         lengths = sorted(lengths, reverse=True)
     return {"state": state, "x": x, "hx": hx, "lengths": lengths}
