@@ -1,5 +1,4 @@
 """``python -m charlstm train|sample|eval|info`` end to end, in subprocesses, on the bundled corpus."""
-import importlib.util
 import json
 import os
 import re
@@ -74,8 +73,6 @@ def test_train_sample_eval_on_bundled_corpus(tmp_path, env):
     assert "Traceback" not in t.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("charlstm.info") is None,
-                    reason="charlstm.info not written yet")
 def test_info_subcommand_delegates(capsys):
     assert main(["info"]) == 0
     assert "torch" in capsys.readouterr().out.lower()
