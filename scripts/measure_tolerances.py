@@ -38,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import lstm_cases  # noqa: E402
 import test_cudnn_fixtures as fixtures  # noqa: E402
 import test_lstm_conformance as conformance  # noqa: E402
+
 from charlstm import backends  # noqa: E402
 
 
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
                          lstm_cases.TOLERANCES[torch.float32][0], worst, where))
     for dtype_name in fixtures.gen.DTYPES:
         worst, where = fixture_worst(dtype_name)
-        rows.append((f"cuDNN fixture check 1 ({fixtures.SOURCE[dtype_name]}), x eps*scale",
+        source = fixtures.SOURCE[dtype_name]
+        rows.append((f"cuDNN fixture check 1 ({source}), x eps*scale",
                      dtype_name, fixtures.FIXTURE_TOL_EPS[getattr(torch, dtype_name)], worst, where))
     print("| check | dtype | bound | measured worst | bound / worst | worst case |")
     print("|---|---|---|---|---|---|")

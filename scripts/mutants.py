@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mutation check: plant realistic bugs one at a time and make sure the tests catch each.
 
-    python scripts/mutants.py                 # every mutant (~5 min on 2 CPU cores)
+    python scripts/mutants.py                 # every mutant (~7 min on 2 CPU cores)
     python scripts/mutants.py --list          # the mutants, and whether each snippet still exists
     python scripts/mutants.py --only NAME     # one mutant (repeatable)
     python scripts/mutants.py --no-baseline   # skip the clean run of each test selection
@@ -73,7 +73,8 @@ MUTANTS = [
            "dropout also applied to the last layer's output"),
     Mutant("layer-dropout-scale", "charlstm/lstm.py",
            (("layer_in = F.dropout(layer_in, p=self.dropout, training=True)",
-             "layer_in = F.dropout(layer_in, p=self.dropout, training=True) * (1 - self.dropout)"),),
+             "layer_in = F.dropout(layer_in, p=self.dropout, training=True)"
+             " * (1 - self.dropout)"),),
            ("tests/test_lstm_api.py", "-k", "dropout"),
            "inter-layer dropout without the 1/(1-p) rescaling"),
     Mutant("layer-reverse-whole-padded-length", "charlstm/lstm.py",
@@ -134,7 +135,8 @@ MUTANTS = [
            "CUDA backward reads c[t] where the forget gate's gradient needs c[t-1]"),
     # ---------------------------------------------------------------- char-rnn
     Mutant("resume-skips-rng", "charlstm/charrnn/train.py",
-           (('    torch.set_rng_state(rng["torch"])\n', "    pass  # mutant: torch RNG not restored\n"),),
+           (('    torch.set_rng_state(rng["torch"])\n',
+             "    pass  # mutant: torch RNG not restored\n"),),
            ("tests/test_charrnn_train.py", "-k", "resume"),
            "--resume restores everything but the torch RNG (dropout masks differ)"),
     Mutant("data-targets-not-shifted", "charlstm/charrnn/data.py",
@@ -188,7 +190,7 @@ def run_pytest(root: Path, args: tuple[str, ...], timeout: float) -> tuple[int |
         p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s", time.perf_counter() - t0
-    lines = [l for l in p.stdout.strip().splitlines() if l.strip()]
+    lines = [line for line in p.stdout.strip().splitlines() if line.strip()]
     summary = re.sub(r"^=+ | =+$", "", lines[-1]) if lines else ""
     summary = re.sub(r" in [\d.]+s( \(.*\))?$", "", summary)
     return p.returncode, summary, time.perf_counter() - t0
@@ -225,7 +227,8 @@ def main(argv=None) -> int:
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     missing = [msg for m in chosen for msg in find_missing(m, ROOT)]
     if missing:
-        print("mutants.py: the code changed under these mutants -- update MUTANTS:", file=sys.stderr)
+        print("mutants.py: the code changed under these mutants -- update MUTANTS:",
+              file=sys.stderr)
         for msg in missing:
             print(f"  {msg}", file=sys.stderr)
         return 2
@@ -268,7 +271,8 @@ def main(argv=None) -> int:
     print("\n| mutant | file | tests run | result | pytest | s |")
     print("|---|---|---|---|---|---|")
     for m, result, summary, secs in rows:
-        print(f"| {m.name} | {m.file} | `{shlex.join(m.tests)}` | {result} | {summary} | {secs:.0f} |")
+        print(f"| {m.name} | {m.file} | `{shlex.join(m.tests)}` | {result} | {summary} "
+              f"| {secs:.0f} |")
     bad = [m.name for m, result, _, _ in rows if result != "caught"]
     print(f"\n{len(rows) - len(bad)}/{len(rows)} caught in {time.perf_counter() - t_start:.0f} s"
           + (f"; NOT caught or error: {', '.join(bad)}" if bad else ""))

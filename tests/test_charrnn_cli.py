@@ -75,11 +75,11 @@ def bigram_val_cross_entropy(cap: int) -> float:
 def test_cli_training_learns_the_bundled_corpus(trained_cli):
     """Real text: the CLI run reaches a stated validation loss, well below a bigram model's."""
     ck, _, _ = trained_cli
-    recs = [json.loads(l) for l in (ck / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in recs if r.get("split") == "val"]
     assert [r["iter"] for r in val] == [100, 200]
     bigram = bigram_val_cross_entropy(STDLIB_CAP)
-    assert VAL_LOSS_MAX < bigram - 0.2, f"the bound {VAL_LOSS_MAX} is too close to bigram {bigram:.3f}"
+    assert VAL_LOSS_MAX < bigram - 0.2, f"bound {VAL_LOSS_MAX} too close to bigram {bigram:.3f}"
     assert VAL_LOSS_MIN < val[-1]["loss"] < VAL_LOSS_MAX, (val[-1]["loss"], bigram)
     assert val[-1]["loss"] < val[0]["loss"]
 
@@ -91,7 +91,7 @@ def test_train_sample_eval_on_bundled_corpus(tmp_path, trained_cli):
     assert re.search(r"iter 200 \(epoch [\d.]+\): val loss \d", p.stderr)
     assert {"latest.pt", "best.pt", "metrics.jsonl", "loss_curve.png"} <= {
         f.name for f in ck.iterdir()}
-    recs = [json.loads(l) for l in (ck / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (ck / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in recs if r.get("split") == "train"] == list(range(1, 201))
 
     s = run("sample", str(ck), "--length", "40", "--prime", "def ", "--seed", "3", env=env)

@@ -7,10 +7,22 @@ import itertools
 
 import pytest
 import torch
+from lstm_cases import (
+    TOLERANCES,
+    Case,
+    assert_close_all,
+    build,
+    cast_data,
+    is_own_inverse,
+    lengths_of,
+    make_data,
+    rel_errors,
+    run_one,
+    run_pair,
+    sort_permutation,
+)
 
 from charlstm import backends
-from lstm_cases import (TOLERANCES, Case, assert_close_all, build, cast_data, is_own_inverse,
-                        lengths_of, make_data, rel_errors, run_one, run_pair, sort_permutation)
 
 GRID = [Case(num_layers=L, bias=b, batch_first=bf, bidirectional=bd)
         for L, b, bf, bd in itertools.product((1, 2), (True, False), (False, True), (False, True))]
