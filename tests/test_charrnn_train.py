@@ -225,13 +225,29 @@ def test_init_from_fine_tunes_and_checks_vocabulary(trained, tmp_path):
               progress=False)
 
 
-def test_reference_backend_trains(tmp_path):
-    """The whole trainer on a kernel backend path (the reference core)."""
+def test_reference_backend_trains(tmp_path, monkeypatch):
+    """The whole trainer on a kernel-backend path (the reference core): from the same seed it
+    follows the torch backend's loss curve step for step, and it learns the grammar.
+
+    Measured (torch 2.13.0+cpu): the two curves differ by at most 2.1e-6 over 40 iterations
+    (float32 summation order only); val loss 1.68 nats after 40 iterations, against a unigram
+    entropy of 2.79 and ln(24) = 3.18 for an untrained model."""
+    from charlstm import backends
     f = tmp_path / "g.txt"
-    f.write_text(grammar_text(60))
-    res = train(str(f), max_iters=6, eval_val_every=6, checkpoint_dir=str(tmp_path / "ck"),
-                backend="reference", **dict(SMALL, rnn_size=16, seq_length=16, batch_size=4))
-    assert res.train_losses[-1][1] < res.train_losses[0][1]
+    text = grammar_text(200)
+    f.write_text(text)
+    kw = dict(SMALL, rnn_size=16, seq_length=16, batch_size=8, learning_rate=1e-2, max_iters=40,
+              eval_val_every=40)
+    torch_run = train(str(f), checkpoint_dir=str(tmp_path / "torch"), backend="torch", **kw)
+    cores, real = [], backends.core_for
+    monkeypatch.setattr(backends, "core_for", lambda name: cores.append(name) or real(name))
+    res = train(str(f), checkpoint_dir=str(tmp_path / "ck"), backend="reference", **kw)
+    assert cores and set(cores) == {"reference"}         # the reference core ran every step
+    assert len(res.train_losses) == len(torch_run.train_losses) == 40
+    for (i, a), (_, b) in zip(res.train_losses, torch_run.train_losses):
+        assert abs(a - b) <= 2e-5, (i, a, b)
+    h = unigram_entropy(text)
+    assert res.best_val_loss < 0.7 * h, (res.best_val_loss, h)
     assert ckpt_io.load(tmp_path / "ck")[0]["config"]["backend"] == "reference"
     (s,) = sample(tmp_path / "ck", length=20, prime="the", backend=None)   # the saved one
     assert len(s) == 20

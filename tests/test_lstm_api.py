@@ -52,6 +52,53 @@ def test_dropout_between_layers_in_training_only():
     assert torch.equal(m0.train()(x)[0], m0.eval()(x)[0])
 
 
+def _dropout_pair(p: float, bidirectional: bool):
+    torch.manual_seed(0)
+    ref = nn.LSTM(4, 6, num_layers=3, dropout=p, bidirectional=bidirectional).double().train()
+    mine = charlstm.LSTM(4, 6, num_layers=3, dropout=p, bidirectional=bidirectional,
+                         backend="reference").double().train()
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+def _run_seeded(module, x, hx, seed=7):
+    """Forward in train mode with the RNG at ``seed``, then the gradients of every output."""
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    out, (h, c) = module(x, hx)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() \
+        + h.sum() + 0.5 * c.sum()
+    grads = torch.autograd.grad(loss, [x, *module.parameters()])
+    return out.detach(), h.detach(), c.detach(), grads
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_dropout_placement_and_scale_match_nn_lstm(p, bidirectional):
+    """Training mode, 3 layers: outputs, final states and every gradient equal nn.LSTM's.
+
+    p = 1 needs no RNG: the input of layers 2 and 3 is all zeros, and the last layer's output is
+    not dropped.  p = 0.5 compares the masks and the 1/(1-p) scale too: on the CPU both nn.LSTM
+    (aten's LSTM loop) and charlstm (F.dropout) call at::dropout on the same [T, B, D*H] tensor
+    between the same layers, drawing from the default generator in the same order, so the same
+    seed gives the same masks."""
+    ref, mine = _dropout_pair(p, bidirectional)
+    D = 2 if bidirectional else 1
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, 4, generator=g, dtype=torch.float64)
+    hx = tuple(torch.randn(3 * D, 2, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    want, got = _run_seeded(ref, x, hx), _run_seeded(mine, x, hx)
+    names = ["output", "h_n", "c_n"] + ["d_input"] + [f"d_{n}" for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, got[:3] + got[3], want[:3] + want[3]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+    if p == 1.0:
+        out, _, _, grads = got
+        assert (out != 0).all(), "the last layer's output was dropped"
+        # everything after layer 1 sees zeros: the output does not depend on the input at all
+        assert torch.equal(_run_seeded(mine, 3 * x, hx)[0], out), "no dropout between layers"
+        assert (grads[0] != 0).any()        # through layer 1's h_n/c_n only
+
+
 def test_autocast_bfloat16_on_cpu():
     m = charlstm.LSTM(4, 6, backend="reference")
     x = torch.randn(5, 2, 4)

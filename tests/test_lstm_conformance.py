@@ -13,9 +13,12 @@ from lstm_cases import (
     assert_close_all,
     build,
     cast_data,
+    is_own_inverse,
+    lengths_of,
     make_data,
     run_one,
     run_pair,
+    sort_permutation,
 )
 
 from charlstm import backends
@@ -30,9 +33,17 @@ FEATURES = [
     Case(kind="unbatched", num_layers=2, bidirectional=True, with_hx=False),
     Case(kind="unbatched", batch_first=True),
     Case(kind="packed", B=4, T=7),
-    Case(kind="packed_unsorted", B=3, T=5, batch_first=True),
-    Case(kind="packed_unsorted", B=4, T=7, num_layers=2, bidirectional=True),
-    Case(kind="packed_unsorted", B=5, T=6, proj_size=3, bidirectional=True, with_hx=False),
+    # Unsorted packing: explicit lengths whose sort permutation is not its own inverse (a 3- or
+    # 4-cycle), so that sorted_indices and unsorted_indices differ and a layer that reorders
+    # h0/c0 or h_n/c_n with the wrong one fails; the longest row is not row 0 and max(lengths)
+    # may be below the padded T.
+    Case(kind="packed_unsorted", B=3, T=5, batch_first=True, lengths=[2, 5, 4]),
+    Case(kind="packed_unsorted", B=4, T=7, num_layers=2, bidirectional=True, lengths=[3, 7, 1, 5]),
+    Case(kind="packed_unsorted", B=4, T=6, lengths=[2, 5, 1, 4]),
+    Case(kind="packed_unsorted", B=4, T=6, lengths=[2, 5, 1, 4], with_hx=False),
+    Case(kind="packed_unsorted", B=4, T=5, num_layers=2, proj_size=3, lengths=[1, 4, 5, 2]),
+    Case(kind="packed_unsorted", B=5, T=6, proj_size=3, bidirectional=True, with_hx=False,
+         lengths=[2, 4, 6, 1, 3]),
     Case(T=1),
     Case(T=1, B=1, num_layers=2, bidirectional=True),
     Case(B=1, T=200, hidden_size=9),
@@ -51,8 +62,19 @@ def test_reference_matches_nn_lstm(case, dtype):
 
 # A representative subset for the kernel backends (the Triton interpreter is slow on CPU).
 KERNEL_SUBSET = [Case(), Case(num_layers=2, bidirectional=True, batch_first=True),
-                 Case(kind="packed_unsorted", B=4, T=5, bidirectional=True),
+                 Case(kind="packed_unsorted", B=4, T=5, bidirectional=True, lengths=[3, 5, 1, 4]),
+                 Case(kind="packed_unsorted", B=3, T=4, with_hx=False, lengths=[2, 4, 3]),
                  Case(proj_size=3, with_hx=False), Case(kind="unbatched", T=3)]
+
+
+@pytest.mark.parametrize("cases", [ALL, KERNEL_SUBSET], ids=["grid", "kernel_subset"])
+def test_unsorted_cases_use_a_permutation_that_is_not_its_own_inverse(cases):
+    """Guard on the lists above: with a self-inverse sort permutation ([0, 2, 1], [1, 0, 3, 2])
+    sorted_indices == unsorted_indices, and swapping them in the layer goes unnoticed."""
+    for with_hx in (True, False):
+        assert any(c.kind == "packed_unsorted" and c.with_hx == with_hx
+                   and not is_own_inverse(sort_permutation(lengths_of(c))) for c in cases), with_hx
+
 
 
 #: the kernel backends (each with its own choice of variant) that can run on each device type

@@ -551,24 +551,30 @@ def test_layer_matches_torch_multilayer_bidirectional(proj_size):
     _compare_grads(ours, ref, [("x", xd, x), ("h0", h0d, h0), ("c0", c0d, c0)])
 
 
-def test_layer_matches_torch_packed():
-    """PackedSequence input (unsorted lengths), bidirectional, 2 layers, zero initial state."""
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero_state", "hx"])
+def test_layer_matches_torch_packed(with_hx):
+    """PackedSequence input (unsorted lengths), bidirectional, 2 layers, zero or given initial
+    state.  Lengths [3, 7, 1, 5] sort by the 4-cycle [1, 3, 0, 2], which is not its own inverse:
+    h0/c0 or h_n/c_n reordered with the wrong index set fails here."""
     kw = dict(input_size=4, hidden_size=18, num_layers=2, bidirectional=True)
     ours, ref = _layer_pair(**kw)
     lengths = torch.tensor([3, 7, 1, 5])
     x = torch.randn(7, 4, 4, requires_grad=True)
     xd = x.detach().to(DEV).requires_grad_()
+    hx = tuple(torch.randn(4, 4, 18, requires_grad=True) for _ in range(2)) if with_hx else None
+    hxd = tuple(t.detach().to(DEV).requires_grad_() for t in hx) if with_hx else None
     p = pack_padded_sequence(x, lengths, enforce_sorted=False)
     pd = pack_padded_sequence(xd, lengths, enforce_sorted=False)
-    y, (h, c) = ours(pd)
-    y2, (h2, c2) = ref(p)
+    y, (h, c) = ours(pd, hxd)
+    y2, (h2, c2) = ref(p, hx)
     y, _ = pad_packed_sequence(y)
     y2, _ = pad_packed_sequence(y2)
     for a, b in ((y, y2), (h, h2), (c, c2)):
         torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=1e-5)
     (y.pow(2).sum() + h.sum() + (c * 0.5).sum()).backward()
     (y2.pow(2).sum() + h2.sum() + (c2 * 0.5).sum()).backward()
-    _compare_grads(ours, ref, [("x", xd, x)])
+    extra = [("h0", hxd[0], hx[0]), ("c0", hxd[1], hx[1])] if with_hx else []
+    _compare_grads(ours, ref, [("x", xd, x)] + extra)
 
 
 def test_layer_never_calls_native_lstm(monkeypatch):
