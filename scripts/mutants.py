@@ -47,8 +47,8 @@ class Mutant:
 
 
 CONFORMANCE = "tests/test_lstm_conformance.py"
-TRITON_CORE = ("tests/test_triton_kernels.py", "-k", "core_packed_odd_hidden or core_long_sequence")
-EMULATOR = ("tests/test_cuda_backend.py", "-k", "host_emulation")
+TRITON_CORE = ("tests/test_core_contract.py", "-k", "triton and f32 and packed")
+EMULATOR = ("tests/test_cuda_emulator.py", "-k", "host_emulation")
 
 MUTANTS = [
     # ---------------------------------------------------------------- the layer (charlstm/lstm.py)
@@ -95,8 +95,8 @@ MUTANTS = [
            (CONFORMANCE, "-k", "reference and packed"),
            "a packed row runs one step past its length"),
     Mutant("reference-backward-zero-c0", "charlstm/backends/reference.py",
-           (("c_prev = cs[t - 1] if t > 0 else c0.to(A)",
-             "c_prev = cs[t - 1] if t > 0 else torch.zeros_like(cs[0])"),),
+           (("(cs[t - 1] if t > 0 else c0.to(A))",
+             "(cs[t - 1] if t > 0 else torch.zeros_like(cs[0]))"),),
            (CONFORMANCE, "-k", "reference"),
            "backward's first step uses c[-1] = 0 instead of c0"),
     Mutant("contract-dwhh-unshifted-h", "charlstm/backends/contract.py",
@@ -123,12 +123,12 @@ MUTANTS = [
            TRITON_CORE,
            "backward kernel's first step reads c[-1] = 0 instead of c0"),
     # ---------------------------------------------------------------- CUDA device code (emulated)
-    Mutant("cuda-fwd-cell-uses-o", "csrc/lstm_device.cuh",
+    Mutant("cuda-fwd-cell-uses-o", "csrc/lstm_cell.cuh",
            (("const float c_new = fg * c_prev + ig * gg;",
              "const float c_new = fg * c_prev + ig * og;"),),
            EMULATOR,
            "CUDA forward cell update with the output gate in place of g"),
-    Mutant("cuda-bwd-c-prev-unshifted", "csrc/lstm_device.cuh",
+    Mutant("cuda-bwd-c-prev-unshifted", "csrc/lstm_cell.cuh",
            (("const float cp = (s > 0) ? p.cs[(row - B) * H + j] : to_f(p.c0[bj]);",
              "const float cp = (s > 0) ? p.cs[row * H + j] : to_f(p.c0[bj]);"),),
            EMULATOR,
