@@ -258,3 +258,17 @@ def test_ctrl_c_saves_last_completed_iteration_and_resumes_exactly(tmp_path, mon
     rest = train(checkpoint_dir=str(tmp_path / "b"), resume=True, max_iters=12, progress=False,
                  plot=False)
     assert rest.train_losses == full.train_losses[7:]
+
+
+def test_no_progress_lines_report_a_real_rate_from_the_first_line(tmp_path, monkeypatch, capsys):
+    """--no-progress used to log "0 chars/s" until 0.5 s had passed (issue 15)."""
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(300))
+    clock = iter(0.1 * k for k in range(1, 10_000))       # 0.1 s between readings
+    monkeypatch.setattr(train_mod, "time", type("FakeTime", (), {
+        "perf_counter": staticmethod(lambda: next(clock)), "time": staticmethod(lambda: 0.0)}))
+    train(str(f), max_iters=3, eval_val_every=100, print_every=1,
+          checkpoint_dir=str(tmp_path / "ck"), **SMALL)
+    lines = re.findall(r"iter (\d)/3 .*, ([\d,]+) chars/s", capsys.readouterr().err)
+    # 8 streams x 32 characters per iteration, one iteration per 0.1 s
+    assert lines == [("1", "2,560"), ("2", "2,560"), ("3", "2,560")], lines

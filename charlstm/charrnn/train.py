@@ -289,21 +289,22 @@ class _RunLog:
 
 
 class _Throughput:
-    """Characters per second, measured over windows of at least ``window`` seconds (0 until
-    the first window is complete)."""
+    """Characters per second over windows of at least ``window`` seconds.  Until the first
+    window is complete, the rate since the start: a real number from the first iteration on."""
 
     def __init__(self, chars_per_it: int, it: int, window: float = 0.5) -> None:
         self.chars_per_it, self.window = chars_per_it, window
         self.t_last, self.it_last = time.perf_counter(), it
-        self.rate = 0.0
+        self.rate: Optional[float] = None      # of the last complete window
 
     def update(self, it: int, final: bool = False) -> float:
-        """Called after iteration ``it``; returns the rate of the last complete window."""
+        """Called after iteration ``it``; returns the current rate in characters/s."""
         now = time.perf_counter()
+        current = (it - self.it_last) * self.chars_per_it / max(now - self.t_last, 1e-9)
         if now - self.t_last >= self.window or final:
-            self.rate = (it - self.it_last) * self.chars_per_it / max(now - self.t_last, 1e-9)
+            self.rate = current
             self.t_last, self.it_last = now, it
-        return self.rate
+        return self.rate if self.rate is not None else current
 
 
 class _Run:
@@ -556,8 +557,7 @@ class _Run:
         """The progress bar's postfix, or a log line every ``print_every`` iterations."""
         epoch = it / self.nb
         if self.out.pbar is not None:
-            rate = f"{chars_s:,.0f}" if chars_s else "-"
-            self.out.pbar.set_postfix_str(f"train loss {lval:.4f}, {rate} chars/s, "
+            self.out.pbar.set_postfix_str(f"train loss {lval:.4f}, {chars_s:,.0f} chars/s, "
                                           f"epoch {epoch:.2f}", refresh=False)
             self.out.pbar.update(1)
         elif it % max(1, self.a["print_every"]) == 0:
