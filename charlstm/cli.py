@@ -61,6 +61,11 @@ def _add_train(sub) -> None:
     g.add_argument("--print-every", type=int, default=100,
                    help="iterations between log lines with --no-progress")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="no loss_curve.png")
+    g.add_argument("--sample-every", type=int, default=None, metavar="N",
+                   help="a sample of the model every N iterations: printed, appended to "
+                        "samples.md and metrics.jsonl (--resume keeps the run's value)")
+    g.add_argument("--sample-length", type=int, default=200, metavar="L",
+                   help="characters per --sample-every sample")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"),

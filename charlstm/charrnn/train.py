@@ -37,6 +37,7 @@ from .data import DEFAULT_STDLIB_CAP, StreamBatcher, describe_chars, load_corpus
 from .evaluate import stream_loss
 from .model import CharRNN
 from .runtime import autocast, check_amp, parse_dtype, resolve_device
+from .train_samples import SampleLog, describe, draw, latest_val
 
 __all__ = ["train", "TrainingDiverged", "TrainResult", "batch_loss", "RUN_ARGS"]
 
@@ -46,6 +47,8 @@ PLOT = "loss_curve.png"
 RUN_ARGS = ("data", "rnn_size", "num_layers", "dropout", "seq_length", "batch_size",
             "learning_rate", "lr_decay", "lr_decay_after", "grad_clip", "seed", "dtype",
             "optimizer", "train_frac", "val_frac", "stdlib_cap")
+#: arguments that ``--resume`` takes from the checkpoint unless they are passed again
+SAMPLE_ARGS = ("sample_every", "sample_length")
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,7 +161,8 @@ def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, nu
           device: str = "auto", dtype: str = "float32", backend: str = "auto",
           compile: bool = False, optimizer: str = "rmsprop", train_frac: float = 0.95,
           val_frac: float = 0.05, stdlib_cap: int = DEFAULT_STDLIB_CAP, progress: bool = True,
-          print_every: int = 100, plot: bool = True) -> TrainResult:
+          print_every: int = 100, plot: bool = True, sample_every: Optional[int] = None,
+          sample_length: int = 200) -> TrainResult:
     """Train a :class:`CharRNN` on ``data`` (file, directory, or None for the bundled corpus).
 
     Keyword arguments are the ``charlstm train`` options (``--rnn-size`` -> ``rnn_size`` ...).
@@ -169,8 +173,10 @@ def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, nu
     are exactly those of an uninterrupted run; the run-defining arguments (:data:`RUN_ARGS`) come
     from the checkpoint.  ``init_from`` starts a new run (fresh optimizer, iteration 0) from a
     checkpoint's weights and vocabulary; the new data must use only characters of that
-    vocabulary.  Returns a :class:`TrainResult`; raises :class:`TrainingDiverged` on NaN or
-    exploding loss.
+    vocabulary.  ``sample_every``: every that many iterations, a sample of ``sample_length``
+    characters, printed and recorded in ``samples.md`` and ``metrics.jsonl`` (see
+    :mod:`charlstm.charrnn.train_samples`).  Returns a :class:`TrainResult`; raises
+    :class:`TrainingDiverged` on NaN or exploding loss.
     """
     passed = {k: v for k, v in locals().items()}
     if data is not None:
@@ -327,6 +333,9 @@ class _Run:
                 raise ckpt_io.CheckpointError(f"{self.resume_path}: cannot resume: the checkpoint "
                                               "lacks training state (use --init-from to fine-tune)")
             a = _merge_run_args(a, defaults, saved, str(self.resume_path), RUN_ARGS)
+            for k in SAMPLE_ARGS:                # the saved ones unless given again
+                if a[k] == defaults[k] and k in saved:
+                    a[k] = saved[k]
             if a["checkpoint_dir"] == defaults["checkpoint_dir"] and a["resume"] is not True:
                 a["checkpoint_dir"] = str(self.resume_path.parent)
         if a["init_from"] is not None:
@@ -352,9 +361,12 @@ class _Run:
         check_amp(dev, self.amp_dtype)
         if a["optimizer"] not in ("adamw", "rmsprop"):
             raise ValueError(f"bad --optimizer {a['optimizer']!r}: expected adamw or rmsprop")
-        for k in ("seq_length", "batch_size", "eval_val_every"):
+        for k in ("seq_length", "batch_size", "eval_val_every", "sample_length"):
             if int(a[k]) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {a[k]}")
+        if a["sample_every"] is not None and int(a["sample_every"]) < 0:
+            raise ValueError(f"--sample-every must be >= 1 (0: no samples), got "
+                             f"{a['sample_every']}")
         self.dev = dev
         self.ckdir = Path(a["checkpoint_dir"])
         self.out = _RunLog(self.ckdir, self.is_main, a["plot"])
@@ -467,6 +479,13 @@ class _Run:
             f"({params:,} parameters) on {self.dev}, backend {a['backend']}"
             + (f", {self.world} processes" if self.world > 1 else "")
             + (f"; resuming at iteration {self.start} from {self.resume_path}" if resumed else ""))
+        self.samples = None
+        if self.is_main and (a["sample_every"] or any("sample" in r for r in self.out.records)):
+            self.samples = SampleLog(self.ckdir, f"{self.corpus.source}; model "
+                                     f"{a['num_layers']}x{a['rnn_size']}. Each entry: the "
+                                     "model at that iteration, temperature 1, no prime, "
+                                     "seeded with --seed + iteration.")
+            self.samples.rewrite(self.out.records)
 
     # ------------------------------------------------------------ 7. the loop
     def loop(self) -> None:
@@ -502,8 +521,12 @@ class _Run:
             self.out.log({"split": "train", "iter": it, "epoch": it / nb, "loss": lval,
                           "lr": self.opt.param_groups[0]["lr"]})
             self.report(it, lval, speed.update(it, final=it == total))
-            if it % a["eval_val_every"] == 0 or it == total:
-                self.validate_and_checkpoint(it)
+            evaluate = it % a["eval_val_every"] == 0 or it == total
+            v = self.validate(it) if evaluate else None
+            if a["sample_every"] and it % a["sample_every"] == 0:
+                self.sample(it)              # before the checkpoint: a resume keeps it
+            if evaluate:
+                self.checkpoint_validated(it, v)
         self.it = it
 
     def step(self, it: int, k: int) -> float:
@@ -577,8 +600,8 @@ class _Run:
         self.res.val_losses.append((it, v))
         return v
 
-    def validate_and_checkpoint(self, it: int) -> None:
-        v = self.validate(it)
+    def checkpoint_validated(self, it: int, v: Optional[float]) -> None:
+        """The checkpoint after validation (``best.pt`` too when ``v`` improved)."""
         improved = v is not None and (self.res.best_val_loss is None or v < self.res.best_val_loss)
         if improved:
             self.res.best_val_loss = v
@@ -587,6 +610,21 @@ class _Run:
             self.out.say(f"iter {it} (epoch {it / self.nb:.2f}): val loss {v:.4f} "
                          f"({v / math.log(2):.4f} bits/char), best val loss "
                          f"{self.res.best_val_loss:.4f}; checkpoint {self.ckdir / ckpt_io.LATEST}")
+
+    def sample(self, it: int) -> None:
+        """A sample of the current weights: printed, in ``samples.md`` and ``metrics.jsonl``."""
+        if not self.is_main:
+            return
+        a = self.a
+        seed = a["seed"] + it
+        text = draw(self.raw_model, self.vocab, a["sample_length"], seed)
+        val_iter, val_loss = latest_val(self.out.records)
+        rec = {"sample": text, "iter": it, "epoch": it / self.nb, "val_loss": val_loss,
+               "val_iter": val_iter, "length": a["sample_length"], "temperature": 1.0,
+               "seed": seed}
+        self.out.log(rec)
+        self.samples.append(rec)
+        self.out.say(f"--- sample: {describe(rec)} ---\n{text}\n---")
 
     def checkpoint(self, it: int, val_loss: Optional[float], hid, rng: dict) -> dict:
         """The checkpoint dict after iteration ``it`` (every rank joins the hidden gather)."""
