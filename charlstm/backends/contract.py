@@ -110,7 +110,9 @@ def make_core_op(name: str, kernels: CoreKernels, device_types=None):
     """Register a backend's kernels as ``charlstm::<name>`` custom ops with autograd.
 
     Returns ``core(xproj, w_hh, h0, c0, lengths) -> (hs, hT, cT)``, differentiable with
-    respect to ``xproj``, ``w_hh``, ``h0`` and ``c0``.  The forward and backward are
+    respect to ``xproj``, ``w_hh``, ``h0`` and ``c0``; ``core(..., return_cs=True)`` adds the
+    forward's ``cs`` (every step's ``c``, dtype ``A``), detached: the backward takes no gradient
+    for it (``charlstm.LSTM``'s ``return_state_sequence`` uses it).  The forward and backward are
     ``torch.library.custom_op``s with fake (meta) implementations, so they work in eager
     mode, under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
     """
@@ -162,8 +164,10 @@ def make_core_op(name: str, kernels: CoreKernels, device_types=None):
     fwd.register_autograd(backward, setup_context=setup_context)
 
     def core(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor,
-             lengths: Optional[Tensor] = None):
-        hs, hT, cT, _cs, _gates = fwd(xproj, w_hh, h0, c0, lengths)
+             lengths: Optional[Tensor] = None, *, return_cs: bool = False):
+        hs, hT, cT, cs, _gates = fwd(xproj, w_hh, h0, c0, lengths)
+        if return_cs:
+            return hs, hT, cT, cs.detach()
         return hs, hT, cT
 
     core.fwd_op = fwd
