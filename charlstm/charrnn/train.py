@@ -215,9 +215,9 @@ def _train(a: dict, defaults: dict, rank: int, world: int, local_rank: int) -> T
     run.build_model()              # seeded model, optimizer, schedule, gradient scaler
     run.restore()                  # --resume: optimizer, schedule, RNG, position, carried state
     run.wrap_model()               # DDP, torch.compile
-    run.open_log()                 # metrics.jsonl (rewound on resume), start record, banner
+    run.open_log()                 # metrics.jsonl and samples.md (rewound on resume), banner
     try:
-        run.loop()                 # iterations; validation + checkpoint every eval_val_every
+        run.loop()                 # iterations; validation, samples, checkpoints on schedule
         run.test()                 # the test split, once, at the end of a complete run
     finally:
         run.close()                # progress bar and metrics file
