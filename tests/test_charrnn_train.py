@@ -275,7 +275,7 @@ def test_no_progress_lines_report_a_real_rate_from_the_first_line(tmp_path, monk
 
 
 def _sample_records(ckdir):
-    recs = [json.loads(l) for l in (ckdir / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (ckdir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if "sample" in r]
 
 

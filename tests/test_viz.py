@@ -146,15 +146,15 @@ def test_recorded_activations_match_a_plain_forward(quote_setup):
     T = len(text)
     assert a.cells["c"].shape == a.cells["h"].shape == (2, T, H)
     assert a.top_ids.shape == a.top_probs.shape == (T, 5)
+    n = 300
     with torch.no_grad():
-        logits, _ = model(vocab.encode(text).view(1, -1).long())      # the torch backend
+        logits, _ = model(vocab.encode(text[:n]).view(1, -1).long())   # the torch backend
         probs = torch.softmax(logits[0], -1)
-    top = probs.topk(5, -1)
-    np.testing.assert_allclose(a.top_probs, top.values.numpy(), atol=1e-5)
-    ids = vocab.encode(text).long()
-    np.testing.assert_allclose(a.next_prob[:-1], probs[torch.arange(T - 1), ids[1:]].numpy(),
+    np.testing.assert_allclose(a.top_probs[:n], probs.topk(5, -1).values.numpy(), atol=1e-5)
+    ids = vocab.encode(text[:n]).long()
+    np.testing.assert_allclose(a.next_prob[:n - 1], probs[torch.arange(n - 1), ids[1:]].numpy(),
                                atol=1e-5)
-    assert np.isnan(a.next_prob[-1])
+    assert np.isnan(a.next_prob[-1]) and not np.isnan(a.next_prob[:-1]).any()
     # chunks of 7 characters with the state carried give the same as one pass
     small = record(model, vocab, text[:60], chunk=7)
     np.testing.assert_allclose(small.cells["c"], a.cells["c"][:, :60], atol=1e-6)
