@@ -63,7 +63,7 @@ def test_training_learns_structure(trained):
     assert res.iterations == 80 and len(res.val_losses) == 2
     assert res.best_val_loss < 0.4 * h, (res.best_val_loss, h)
     assert res.train_losses[-1][1] < res.train_losses[0][1]
-    recs = [json.loads(l) for l in (d / "ck" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (d / "ck" / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("split") for r in recs} >= {"train", "val"}
     assert (d / "ck" / "loss_curve.png").stat().st_size > 0
     ck, _ = ckpt_io.load(d / "ck")

@@ -421,7 +421,7 @@ class _Run:
                 model.load_state_dict(src["model"])
             except RuntimeError as e:
                 raise ckpt_io.CheckpointError(f"{self.resume_path or self.init_path}: "
-                                              f"incompatible weights: {e}")
+                                              f"incompatible weights: {e}") from e
         model.to(self.dev)
         self.raw_model = self.model = model
         self.opt = _make_optimizer(a["optimizer"], model.parameters(), a["learning_rate"])

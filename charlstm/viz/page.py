@@ -71,8 +71,8 @@ def render_page(acts: Activations, *, kind: str, layer: int, cell: int, found: l
                      note=note)
     blob = json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
     return (_TEMPLATE.replace("__TITLE__", html.escape(title))
-            .replace("__BAR__", "rgb(%d,%d,%d)" % BAR)
-            .replace("__GRADIENT__", ", ".join("rgb(%d,%d,%d)" % c for c in SCALE))
+            .replace("__BAR__", "rgb({},{},{})".format(*BAR))
+            .replace("__GRADIENT__", ", ".join("rgb({},{},{})".format(*c) for c in SCALE))
             .replace("__DATA__", blob))
 
 
