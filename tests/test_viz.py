@@ -204,6 +204,9 @@ def test_viz_command_line(quote_setup, tmp_path, capsys):
     assert main(["viz", str(paths[False]), "--text", str(d / "text.txt"), "--out", str(out),
                  "--cell", "2:0"]) == 2
     assert "--cell '2:0': the model has layers 0..1 and cells 0..7" in capsys.readouterr().err
+    assert main(["viz", str(paths[False]), "--text", str(d / "text.txt"), "--backend",
+                 "cudnn"]) == 2
+    assert "unknown charlstm backend 'cudnn'" in capsys.readouterr().err
     (tmp_path / "odd.txt").write_text('ab "Zc" €')
     assert main(["viz", str(paths[False]), "--text", str(tmp_path / "odd.txt"), "--out",
                  str(out)]) == 0

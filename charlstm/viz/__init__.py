@@ -52,6 +52,8 @@ def visualize(checkpoint: Union[str, os.PathLike], text: Union[str, os.PathLike]
     from ..charrnn.data import describe_chars
     from ..charrnn.runtime import resolve_device
     log = sys.stderr if log is None else log
+    from ..backends import validate_name
+    validate_name(backend)                 # an unknown name: ValueError listing the choices
     if kind not in ("c", "h"):
         raise ValueError(f"--kind {kind!r}: expected c (tanh(c)) or h")
     if max_chars < 1:
