@@ -1,7 +1,8 @@
-"""``charlstm`` command line: ``train``, ``sample``, ``eval``, ``info``.
+"""``charlstm`` command line: ``train``, ``sample``, ``eval``, ``viz``, ``info``.
 
 This module only parses arguments and calls :func:`charlstm.charrnn.train`,
-:func:`~charlstm.charrnn.sample`, :func:`~charlstm.charrnn.evaluate` and ``charlstm.info.main``.
+:func:`~charlstm.charrnn.sample`, :func:`~charlstm.charrnn.evaluate`,
+:func:`charlstm.viz.visualize` and ``charlstm.info.main``.
 Exit status: 0 on success, 1 when training diverged, 2 on a usage/data/checkpoint error,
 130 on Ctrl-C.
 """
@@ -74,6 +75,11 @@ def _add_train(sub) -> None:
     g.add_argument("--print-every", type=int, default=100,
                    help="iterations between log lines with --no-progress")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="no loss_curve.png")
+    g.add_argument("--sample-every", type=int, default=None, metavar="N",
+                   help="a sample of the model every N iterations: printed, appended to "
+                        "samples.md and metrics.jsonl (--resume keeps the run's value)")
+    g.add_argument("--sample-length", type=int, default=200, metavar="L",
+                   help="characters per --sample-every sample")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="float32", choices=("float32", "bf16", "fp16"),
@@ -119,15 +125,43 @@ def _add_eval(sub) -> None:
                    help="print one JSON object instead of the text report")
 
 
+def _add_viz(sub) -> None:
+    from .viz import DEFAULT_MAX_CHARS
+    p = sub.add_parser("viz", help="an HTML page of a model's cells over a text",
+                       description="Colour every character of a text by one LSTM cell's value "
+                                   "(tanh(c) or h), with the model's top-5 guesses for the next "
+                                   "character; one self-contained HTML file.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
+    p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to run the model on")
+    p.add_argument("--out", default="viz.html", metavar="PAGE", help="the HTML file to write")
+    p.add_argument("--cell", default=None, metavar="L:N",
+                   help="layer and cell shown first, both from 0 (default: the best --find "
+                        "match, else 0:0)")
+    p.add_argument("--kind", default="c", choices=("c", "h"), help="c: tanh(c), h: h")
+    p.add_argument("--find", action="store_true",
+                   help="rank cells by how well they track quotes/strings, position in the "
+                        "line, indentation, bracket depth, comments, newlines; print the best")
+    p.add_argument("--png", default=None, metavar="FILE",
+                   help="also a static figure of the view (matplotlib)")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+                   help="show the first N characters of the text")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto",
+                   help="charlstm.LSTM backend, any name train takes (auto: the reference "
+                        "core, since torch/cuDNN keeps no per-step c)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charlstm",
                                      description="charlstm: fused LSTM kernels and a char-rnn "
                                                  "trainer/sampler")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,viz,info}")
     sub.required = True
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_viz(sub)
     sub.add_parser("info", help="versions and backend availability", add_help=False)
     return parser
 
@@ -148,6 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sample(args.pop("checkpoint"), stream=sys.stdout, **args)
         elif command == "eval":
             evaluate(args.pop("checkpoint"), args.pop("data"), **args)
+        elif command == "viz":
+            from .viz import visualize
+            visualize(args.pop("checkpoint"), args.pop("text"), **args)
     except TrainingDiverged as e:
         print(f"charlstm {command}: {e}", file=sys.stderr)
         return 1

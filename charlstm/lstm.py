@@ -19,6 +19,13 @@ does, per layer and direction:
 
 ``PackedSequence`` input is unpacked once into a padded, length-sorted batch plus per-row
 lengths; the core leaves rows past their length untouched, so the final states come out right.
+
+Per-step states (``forward(..., return_state_sequence=True)``): every step's ``h`` and ``c`` of
+every layer and direction.  ``h`` is each layer's output before inter-layer dropout; ``c`` is the
+``cs`` the core computes anyway (it saves it for the backward), returned without gradient.
+cuDNN (the ``torch`` backend) keeps no per-step ``c``: under ``auto`` such a call runs on the
+``reference`` core instead (correct on every device, and the kernel backends are not yet
+verified on a GPU); an explicitly requested ``torch`` raises a ValueError.
 """
 from __future__ import annotations
 
@@ -32,6 +39,9 @@ from torch.nn.utils.rnn import PackedSequence
 from . import backends
 
 __all__ = ["LSTM", "convert_lstm"]
+
+#: the core that runs ``return_state_sequence`` calls when ``auto`` resolves to ``torch``
+STATE_SEQUENCE_FALLBACK = "reference"
 
 
 def _reverse_padded(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -53,6 +63,16 @@ class LSTM(nn.RNNBase):
     kernel path ``"backend:variant"`` or a bare backend name (:mod:`charlstm.backends`).  The
     :func:`charlstm.use_backend` context and the ``CHARLSTM_BACKEND`` environment variable
     override it.  ``forward(input, hx=None) -> (output, (h_n, c_n))`` as in ``nn.LSTM``.
+
+    ``forward(input, hx=None, return_state_sequence=True) -> (output, (h_n, c_n), (h_seq,
+    c_seq))`` also returns every step's state of every layer and direction (index
+    ``layer * num_directions + direction``, as ``h_n``): ``h_seq`` is ``[num_layers *
+    num_directions, *output.shape[:-1], H_out]`` and ``c_seq`` the same with ``hidden_size``
+    (``[L*D, T, B, .]``, or ``[L*D, B, T, .]`` with ``batch_first``, ``[L*D, T, .]`` unbatched,
+    ``[L*D, T, B, .]`` padded with zeros in the caller's batch order for a ``PackedSequence``).
+    Entry ``t`` is the state after reading ``input[t]`` (for the reverse direction too, as in
+    ``output``).  ``h_seq`` has gradients; ``c_seq`` is detached.  cuDNN cannot give per-step
+    ``c``: ``auto`` then runs the ``reference`` core, an explicit ``torch`` raises ValueError.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -139,7 +159,7 @@ class LSTM(nn.RNNBase):
         return packed, unbatched
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None):  # noqa: D401  (same contract as nn.LSTM.forward)
+    def forward(self, input, hx=None, *, return_state_sequence: bool = False):  # noqa: D401
         packed, unbatched = self._check_forward_args(input, hx)
         data = input.data if packed else input
         if packed:
@@ -151,9 +171,12 @@ class LSTM(nn.RNNBase):
             seq = data.shape[1 if self.batch_first else 0]
         name = backends.resolve(backends.requested(self.backend), data.device, data.dtype,
                                 batch=batch, hidden=self.hidden_size, seq_len=seq)
+        if return_state_sequence and not backends.is_core(name):
+            name = _state_sequence_backend(backends.requested(self.backend), name)
         if not backends.is_core(name):
             return nn.LSTM.forward(self, input, hx)
-        return self._forward_core(input, hx, backends.core_for(name), packed, unbatched)
+        return self._forward_core(input, hx, backends.core_for(name), packed, unbatched,
+                                  return_state_sequence)
 
     def _layer_params(self, layer: int, reverse: bool):
         sfx = f"l{layer}" + ("_reverse" if reverse else "")
@@ -165,7 +188,8 @@ class LSTM(nn.RNNBase):
         w_hr = getattr(self, f"weight_hr_{sfx}") if self.proj_size > 0 else None
         return w_ih, w_hh, b, w_hr
 
-    def _forward_core(self, input, hx, core, packed: bool, unbatched: bool):
+    def _forward_core(self, input, hx, core, packed: bool, unbatched: bool,
+                      return_state_sequence: bool = False):
         if packed:
             data, batch_sizes = input.data, input.batch_sizes
             T, B = len(batch_sizes), int(batch_sizes[0])
@@ -180,7 +204,7 @@ class LSTM(nn.RNNBase):
             if self.batch_first and not unbatched:
                 x = x.transpose(0, 1)
             T, B = x.shape[0], x.shape[1]
-            lengths = None
+            lengths, mask = None, None
 
         D = 2 if self.bidirectional else 1
         h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -200,7 +224,7 @@ class LSTM(nn.RNNBase):
         if cast is not None:
             x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
         with torch.autocast(x.device.type, enabled=False):
-            h_n, c_n = [], []
+            h_n, c_n, h_seq, c_seq = [], [], [], []
             layer_in = x
             for layer in range(self.num_layers):
                 outs = []
@@ -208,15 +232,21 @@ class LSTM(nn.RNNBase):
                     params = [p.to(cast) if (p is not None and cast is not None) else p
                               for p in self._layer_params(layer, reverse=d == 1)]
                     k = layer * D + d
-                    out, hT, cT = _run_direction(core, layer_in, *params, h0[k], c0[k], lengths,
-                                                 reverse=d == 1)
+                    out, hT, cT, cs = _run_direction(core, layer_in, *params, h0[k], c0[k],
+                                                     lengths, reverse=d == 1,
+                                                     want_cs=return_state_sequence)
                     outs.append(out)
+                    h_seq.append(out)
+                    c_seq.append(cs)
                     h_n.append(hT)
                     c_n.append(cT)
                 layer_in = torch.cat(outs, dim=-1) if D == 2 else outs[0]
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                     layer_in = F.dropout(layer_in, p=self.dropout, training=True)
             h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        # ``((h_seq, c_seq),)`` appended to the result when asked for, else nothing
+        states = ((self._state_sequences(h_seq, c_seq, input, mask, unbatched),)
+                  if return_state_sequence else ())
 
         if packed:
             output = PackedSequence(layer_in[mask], input.batch_sizes, input.sorted_indices,
@@ -224,19 +254,37 @@ class LSTM(nn.RNNBase):
             if input.unsorted_indices is not None:
                 h_n = h_n.index_select(1, input.unsorted_indices)
                 c_n = c_n.index_select(1, input.unsorted_indices)
-            return output, (h_n, c_n)
+            return (output, (h_n, c_n), *states)
         output = layer_in
         if unbatched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+            return (output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1)), *states)
         if self.batch_first:
             output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+        return (output, (h_n, c_n), *states)
+
+    def _state_sequences(self, h_seq: list, c_seq: list, input, mask: Optional[Tensor],
+                         unbatched: bool) -> tuple[Tensor, Tensor]:
+        """Per-step states ``[T, B, .]`` of every layer and direction, stacked and put in the
+        caller's layout and batch order (see :class:`LSTM`)."""
+        h_seq = torch.stack(h_seq)                                  # [L*D, T, B, H_out]
+        c_seq = torch.stack(c_seq).to(h_seq.dtype)                  # [L*D, T, B, H]
+        if mask is not None:       # packed: rows past their length are 0, as pad_packed_sequence
+            c_seq = c_seq * mask.unsqueeze(-1)
+            if input.unsorted_indices is not None:
+                h_seq = h_seq.index_select(2, input.unsorted_indices)
+                c_seq = c_seq.index_select(2, input.unsorted_indices)
+        elif unbatched:
+            h_seq, c_seq = h_seq.squeeze(2), c_seq.squeeze(2)
+        elif self.batch_first:
+            h_seq, c_seq = h_seq.transpose(1, 2), c_seq.transpose(1, 2)
+        return h_seq, c_seq
 
 
 def _run_direction(core, x: Tensor, w_ih: Tensor, w_hh: Tensor, b: Optional[Tensor],
                    w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
-                   reverse: bool):
-    """One layer, one direction: projection GEMM, the backend's core, output projection."""
+                   reverse: bool, want_cs: bool = False):
+    """One layer, one direction: projection GEMM, the backend's core, output projection.
+    Returns ``(hs, hT, cT, cs)``; ``cs`` (every step's ``c``) is None unless ``want_cs``."""
     xproj = F.linear(x, w_ih, b)                         # [T, B, 4H], one GEMM
     if reverse:
         xproj = _reverse_padded(xproj, lengths)
@@ -248,13 +296,26 @@ def _run_direction(core, x: Tensor, w_ih: Tensor, w_hh: Tensor, b: Optional[Tens
         h0_core = h0.new_zeros(h0.shape[0], w_hr.shape[1])
     else:
         w_core, h0_core = w_hh, h0
-    hs, hT, cT = core(xproj.contiguous(), w_core.contiguous(), h0_core.contiguous(),
-                      c0.contiguous(), lengths)
+    args = (xproj.contiguous(), w_core.contiguous(), h0_core.contiguous(), c0.contiguous(),
+            lengths)
+    hs, hT, cT, cs = core(*args, return_cs=True) if want_cs else (*core(*args), None)
     if w_hr is not None:
         hs, hT = F.linear(hs, w_hr), F.linear(hT, w_hr)
     if reverse:
         hs = _reverse_padded(hs, lengths)
-    return hs, hT, cT
+        cs = None if cs is None else _reverse_padded(cs, lengths)
+    return hs, hT, cT, cs
+
+
+def _state_sequence_backend(requested: str, resolved: str) -> str:
+    """The core that runs a ``return_state_sequence`` call that resolved to the whole-layer
+    ``resolved`` backend (cuDNN keeps no per-step ``c``)."""
+    if requested == "auto":
+        return STATE_SEQUENCE_FALLBACK
+    raise ValueError(f"charlstm.LSTM: return_state_sequence=True needs every step's c, which the "
+                     f"{resolved!r} backend (torch.nn.LSTM / cuDNN) does not give; use "
+                     f"backend='auto' (runs the {STATE_SEQUENCE_FALLBACK!r} core for such calls) "
+                     "or a kernel backend ('reference', 'triton', 'cuda')")
 
 
 def convert_lstm(module: nn.Module, backend: str = "auto") -> nn.Module:

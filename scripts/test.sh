@@ -15,6 +15,27 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install -q -e ".[test,triton]" || exit 1
 
+# The browser test of `charlstm viz` (tests/test_viz.py) opens a page in headless Chromium:
+# install Debian's package when it is missing and apt-get can (as root, or with password-less
+# sudo), refreshing the package lists if the first try fails.  Without apt the install is
+# skipped, and the test fails rather than skips (CHARLSTM_REQUIRE_BROWSER=1) so that CI sees it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && [ -z "${CHARLSTM_CHROMIUM:-}" ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && SUDO="sudo -n"; }
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
+    echo "test.sh: installing chromium (apt-get) for the viz browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q chromium >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; } \
+      || echo "test.sh: apt-get install chromium failed: the viz browser test will fail"
+  else
+    echo "test.sh: chromium is missing and apt-get is unavailable (or not root): the viz" \
+         "browser test will fail (install Chromium, or set CHARLSTM_CHROMIUM to one)"
+  fi
+fi
+export CHARLSTM_REQUIRE_BROWSER=${CHARLSTM_REQUIRE_BROWSER:-1}
+
 status=0
 export TRITON_INTERPRET=${TRITON_INTERPRET:-$("$PY" -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
 "$PY" -m ruff check . || status=1

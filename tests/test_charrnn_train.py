@@ -274,3 +274,68 @@ def test_ctrl_c_saves_last_completed_iteration_and_resumes_exactly(tmp_path, mon
     rest = train(checkpoint_dir=str(tmp_path / "b"), resume=True, max_iters=12, progress=False,
                  plot=False)
     assert rest.train_losses == full.train_losses[7:]
+
+
+def test_no_progress_lines_report_a_real_rate_from_the_first_line(tmp_path, monkeypatch, capsys):
+    """--no-progress used to log "0 chars/s" until 0.5 s had passed (issue 15)."""
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(300))
+    clock = iter(0.1 * k for k in range(1, 10_000))       # 0.1 s between readings
+    monkeypatch.setattr(train_mod, "time", type("FakeTime", (), {
+        "perf_counter": staticmethod(lambda: next(clock)), "time": staticmethod(lambda: 0.0)}))
+    train(str(f), max_iters=3, eval_val_every=100, print_every=1,
+          checkpoint_dir=str(tmp_path / "ck"), **SMALL)
+    lines = re.findall(r"iter (\d)/3 .*, ([\d,]+) chars/s", capsys.readouterr().err)
+    # 8 streams x 32 characters per iteration, one iteration per 0.1 s
+    assert lines == [("1", "2,560"), ("2", "2,560"), ("3", "2,560")], lines
+
+
+def _sample_records(ckdir):
+    recs = [json.loads(line) for line in (ckdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if "sample" in r]
+
+
+def test_sample_every_records_samples_without_touching_the_training_run(tmp_path, capsys):
+    f = tmp_path / "g.txt"
+    text = grammar_text(60, seed=4)
+    f.write_text(text)
+    kw = dict(SMALL, rnn_size=16, seq_length=8, batch_size=4, dropout=0.2, num_layers=2,
+              eval_val_every=4, max_iters=10)
+    plain = train(str(f), checkpoint_dir=str(tmp_path / "a"), **kw)
+    capsys.readouterr()
+    sampled = train(str(f), checkpoint_dir=str(tmp_path / "b"), sample_every=3, sample_length=25,
+                    **kw)
+    # the draws use their own generator: dropout masks and so the losses are unchanged
+    assert sampled.train_losses == plain.train_losses
+    recs = _sample_records(tmp_path / "b")
+    assert [r["iter"] for r in recs] == [3, 6, 9]
+    assert all(len(r["sample"]) == 25 and set(r["sample"]) <= set(text) for r in recs)
+    assert [(r["val_iter"], r["val_loss"]) for r in recs] == [
+        (None, None), (4, sampled.val_losses[0][1]), (8, sampled.val_losses[1][1])]
+    md = (tmp_path / "b" / "samples.md").read_text()
+    assert md.count("\n## iteration ") == 3 and "## iteration 3 (epoch" in md
+    assert all(r["sample"] in md for r in recs)
+    err = capsys.readouterr().err
+    assert all(f"--- sample: iteration {i} " in err for i in (3, 6, 9))
+    assert not (tmp_path / "a" / "samples.md").exists()
+
+
+def test_sample_every_resumes_without_duplicate_or_lost_samples(tmp_path):
+    """An uninterrupted run against one resumed twice, the second time from an older
+    checkpoint (as after a crash): samples.md and the sample records come out identical."""
+    f = tmp_path / "g.txt"
+    f.write_text(grammar_text(60, seed=6))
+    kw = dict(SMALL, rnn_size=16, seq_length=8, batch_size=4, dropout=0.1, num_layers=2,
+              eval_val_every=5, sample_every=2, sample_length=20)
+    full = train(str(f), max_iters=12, checkpoint_dir=str(tmp_path / "a"), **kw)
+    b = tmp_path / "b"
+    train(str(f), max_iters=5, checkpoint_dir=str(b), **kw)
+    (b / "at5.pt").write_bytes((b / "latest.pt").read_bytes())
+    again = dict(progress=False, plot=False, eval_val_every=5)    # --sample-* are kept
+    train(max_iters=9, checkpoint_dir=str(b), resume=True, **again)
+    assert [r["iter"] for r in _sample_records(b)] == [2, 4, 6, 8]
+    rest = train(max_iters=12, resume=str(b / "at5.pt"), **again)
+    assert rest.train_losses == full.train_losses[5:]
+    assert _sample_records(b) == _sample_records(tmp_path / "a")
+    assert [r["iter"] for r in _sample_records(b)] == [2, 4, 6, 8, 10, 12]
+    assert (b / "samples.md").read_text() == (tmp_path / "a" / "samples.md").read_text()

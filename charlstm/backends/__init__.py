@@ -184,9 +184,11 @@ _CORES: dict = {}
 
 def _bind(core, variant: str):
     """``core`` with ``variant`` bound: ``bound(xproj, w_hh, h0, c0=None, lengths=None, *,
-    cell="lstm", b_hn=None)``."""
-    def bound(xproj, w_hh, h0, c0=None, lengths=None, *, cell="lstm", b_hn=None):
-        return core(xproj, w_hh, h0, c0, lengths, variant, cell=cell, b_hn=b_hn)
+    cell="lstm", b_hn=None, return_cs=False)``."""
+    def bound(xproj, w_hh, h0, c0=None, lengths=None, *, cell="lstm", b_hn=None,
+              return_cs=False):
+        return core(xproj, w_hh, h0, c0, lengths, variant, cell=cell, b_hn=b_hn,
+                    return_cs=return_cs)
     bound.fwd_op, bound.bwd_op, bound.variant = core.fwd_op, core.bwd_op, variant
     return bound
 

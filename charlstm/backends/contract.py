@@ -212,12 +212,15 @@ def make_core_op(name: str, kernels: CoreKernels, device_types=None):
     """Register a backend's kernels as ``charlstm::<name>_fwd``/``_bwd`` custom ops with autograd.
 
     Returns ``core(xproj, w_hh, h0, c0=None, lengths=None, variant="", *, cell="lstm",
-    b_hn=None) -> (hs, hT, cT)``, differentiable with respect to ``xproj``, ``w_hh``, ``h0``,
-    ``c0`` and ``b_hn`` (``cT`` is empty for cells without ``c``).  ``cell`` and ``variant``
-    (``str`` arguments of both ops; variant ``""``: the backend's own choice) select the cell
-    and the kernel path; the backward runs with the forward's.  The ops have fake (meta)
-    implementations, so they work in eager mode, under ``torch.compile(fullgraph=True)`` and
-    pass ``torch.library.opcheck``; ``core.fwd_op``/``core.bwd_op`` are the ops themselves.
+    b_hn=None, return_cs=False) -> (hs, hT, cT)``, differentiable with respect to ``xproj``,
+    ``w_hh``, ``h0``, ``c0`` and ``b_hn`` (``cT`` is empty for cells without ``c``).  ``cell`` and
+    ``variant`` (``str`` arguments of both ops; variant ``""``: the backend's own choice) select
+    the cell and the kernel path; the backward runs with the forward's.  ``return_cs=True`` adds
+    the forward's ``cs`` (every step's ``c``, dtype ``A``; empty for cells without ``c``),
+    detached: the backward takes no gradient for it (``charlstm.LSTM``'s
+    ``return_state_sequence`` uses it).  The ops have fake (meta) implementations, so they work
+    in eager mode, under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``;
+    ``core.fwd_op``/``core.bwd_op`` are the ops themselves.
     """
     fwd_name = f"charlstm::{name}_fwd"
     bwd_name = f"charlstm::{name}_bwd"
@@ -286,8 +289,10 @@ def make_core_op(name: str, kernels: CoreKernels, device_types=None):
 
     def core(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Optional[Tensor] = None,
              lengths: Optional[Tensor] = None, variant: str = "", *, cell: str = "lstm",
-             b_hn: Optional[Tensor] = None):
-        hs, hT, cT, _cs, _gates = fwd(xproj, w_hh, h0, c0, lengths, b_hn, cell, variant)
+             b_hn: Optional[Tensor] = None, return_cs: bool = False):
+        hs, hT, cT, cs, _gates = fwd(xproj, w_hh, h0, c0, lengths, b_hn, cell, variant)
+        if return_cs:
+            return hs, hT, cT, cs.detach()
         return hs, hT, cT
 
     core.fwd_op = fwd
