@@ -200,7 +200,14 @@ def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, nu
             dist.destroy_process_group()
         raise
     if own_pg:
+        import gc
+
         import torch.distributed as dist
+        # The DDP wrapper's reducer holds the process group; if a reference cycle keeps it alive
+        # past destroy_process_group, gloo's worker threads are torn down at interpreter exit
+        # and a rank aborts ("terminate called without an active exception", seen on a loaded
+        # 2-core machine).  Free it now, while the group is alive.
+        gc.collect()
         dist.barrier()   # every rank is done before any tears its connections down
         dist.destroy_process_group()
     return result
