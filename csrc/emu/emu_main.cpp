@@ -19,6 +19,8 @@
 //   emu plan CELL fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC
 //     prints the persistent plan of CELL for a device with SMS SMs, SMEM bytes of shared memory
 //     per block and compute capability CC (e.g. 90), or why the shape does not fit.
+//   emu cells
+//     prints each cell's name, gate count, saved blocks and 1 if it has a cell state.
 // Prints the plan and one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad
 // usage or a plan that does not fit, 3 on a broken WMMA rule (emu_shim.h).
 // Test-only (tests/test_cuda_emulator.py compiles and runs it); not part of the extension.
@@ -278,6 +280,21 @@ int print_plan(int argc, char** argv) {
   return 0;
 }
 
+// `emu cells`: each cell's name, gate count, saved blocks and whether it has c, from the
+// device cells (cells.cuh), which assert that they agree with launch_plan.h's table.
+template <class Cell>
+void print_cell() {
+  std::printf("%s %d %d %d\n", cell_name(Cell::kCode), Cell::kGates, Cell::kSaved,
+              Cell::kHasC ? 1 : 0);
+}
+int print_cells() {
+  print_cell<LstmCell>();
+  print_cell<GruCell>();
+  print_cell<RnnTanhCell>();
+  print_cell<RnnReluCell>();
+  return 0;
+}
+
 // `emu paths PATH CAPTURING HALF B`: the launchers' choice of paths for a request.
 int print_paths(int argc, char** argv) {
   if (argc != 6) return 2;
@@ -319,13 +336,15 @@ int run_cell(const std::string& dt, int Tn, int B, int H, bool with_bias, bool p
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "paths") return print_paths(argc, argv);
   if (argc >= 2 && std::string(argv[1]) == "plan") return print_plan(argc, argv);
+  if (argc == 2 && std::string(argv[1]) == "cells") return print_cells();
   if (argc != 11) {
     std::fprintf(stderr,
                  "usage: %s lstm|gru|gru0|rnn_tanh|rnn_relu f32|f16|bf16 T B H PACKED "
                  "persistent|stepwise|persistent_tc (SMS SMEM 0 | UNITS ROWS SMEM)\n"
                  "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n"
-                 "       %s plan CELL fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n",
-                 argv[0], argv[0], argv[0]);
+                 "       %s plan CELL fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n"
+                 "       %s cells\n",
+                 argv[0], argv[0], argv[0], argv[0]);
     return 2;
   }
   const std::string cell = argv[1], dt = argv[2], path = argv[7];
