@@ -150,25 +150,29 @@ static int backward_typed(const charlstm_bwd_args* a, cudaStream_t stream, int p
 }
 
 // ---------------------------------------------------------------- one cell, every dtype
+// f(T()) for the element type of a checked dtype code.
+template <class F>
+int by_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case CHARLSTM_FLOAT32: return f(float());
+    case CHARLSTM_FLOAT16: return f(__half());
+    default: return f(__nv_bfloat16());
+  }
+}
+
 // The C entry points (launcher.cu) have checked the arguments and call these.
 template <int kCell>
 int run_forward(const charlstm_fwd_args* a, cudaStream_t stream, int path, int* used) {
-  using Cell = typename CellOf<kCell>::type;
-  switch (a->dtype) {
-    case CHARLSTM_FLOAT32: return forward_typed<Cell, float>(a, stream, path, used);
-    case CHARLSTM_FLOAT16: return forward_typed<Cell, __half>(a, stream, path, used);
-    default: return forward_typed<Cell, __nv_bfloat16>(a, stream, path, used);
-  }
+  return by_dtype(a->dtype, [&](auto t) {
+    return forward_typed<typename CellOf<kCell>::type, decltype(t)>(a, stream, path, used);
+  });
 }
 
 template <int kCell>
 int run_backward(const charlstm_bwd_args* a, cudaStream_t stream, int path, int* used) {
-  using Cell = typename CellOf<kCell>::type;
-  switch (a->dtype) {
-    case CHARLSTM_FLOAT32: return backward_typed<Cell, float>(a, stream, path, used);
-    case CHARLSTM_FLOAT16: return backward_typed<Cell, __half>(a, stream, path, used);
-    default: return backward_typed<Cell, __nv_bfloat16>(a, stream, path, used);
-  }
+  return by_dtype(a->dtype, [&](auto t) {
+    return backward_typed<typename CellOf<kCell>::type, decltype(t)>(a, stream, path, used);
+  });
 }
 
 }  // namespace charlstm

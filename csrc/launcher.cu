@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <initializer_list>
+#include <type_traits>
 
 namespace {
 thread_local char g_error[512] = {0};
@@ -141,6 +142,18 @@ int launch_persistent(const void* kernel, void* params, unsigned* counter, TcKin
 // ---------------------------------------------------------------- the C entry points
 namespace {
 
+// CHARLSTM_OK, or CHARLSTM_ERR_ARGS with the message set: null arguments, bad sizes, dtype,
+// path or cell (check_sizes).
+template <class Args>
+int check_args(const char* who, const Args* a, int path) {
+  charlstm::clear_error();
+  if (a == nullptr) {
+    charlstm::set_error("%s: null arguments", who);
+    return CHARLSTM_ERR_ARGS;
+  }
+  return charlstm::check_sizes(who, a->T, a->B, a->H, a->dtype, path, a->cell);
+}
+
 // False (message set) when a pointer of `ps` is null: "the <cell> cell needs <names>".
 bool require(const char* who, int cell, const char* names, std::initializer_list<const void*> ps) {
   for (const void* q : ps) {
@@ -153,58 +166,51 @@ bool require(const char* who, int cell, const char* names, std::initializer_list
   return true;
 }
 
+// f(std::integral_constant<int, cell>()) for a checked cell code: each cell's kernels are a
+// translation unit of their own (cell_<name>.cu), which instantiates run_forward/run_backward.
+template <class F>
+int by_cell(int cell, F&& f) {
+  switch (cell) {
+    case CHARLSTM_CELL_LSTM: return f(std::integral_constant<int, CHARLSTM_CELL_LSTM>());
+    case CHARLSTM_CELL_GRU: return f(std::integral_constant<int, CHARLSTM_CELL_GRU>());
+    case CHARLSTM_CELL_RNN_TANH: return f(std::integral_constant<int, CHARLSTM_CELL_RNN_TANH>());
+    default: return f(std::integral_constant<int, CHARLSTM_CELL_RNN_RELU>());
+  }
+}
+
 }  // namespace
 
 extern "C" int charlstm_forward(const charlstm_fwd_args* a, void* stream, int path,
                                 int* path_used) {
   using namespace charlstm;
   const char* who = "charlstm_forward";
-  clear_error();
-  if (a == nullptr) {
-    set_error("%s: null arguments", who);
-    return CHARLSTM_ERR_ARGS;
-  }
-  const int st = check_sizes(who, a->T, a->B, a->H, a->dtype, path, a->cell);
+  const int st = check_args(who, a, path);
   if (st != CHARLSTM_OK) return st;
   if (!require(who, a->cell, "xproj, w_hh, h0, hs, hT, gates, hbuf, counter",
-               {a->xproj, a->w_hh, a->h0, a->hs, a->hT, a->gates, a->hbuf, a->counter}))
-    return CHARLSTM_ERR_ARGS;
-  if (cell_has_c(a->cell) && !require(who, a->cell, "c0, cT, cs", {a->c0, a->cT, a->cs}))
+               {a->xproj, a->w_hh, a->h0, a->hs, a->hT, a->gates, a->hbuf, a->counter}) ||
+      (cell_has_c(a->cell) && !require(who, a->cell, "c0, cT, cs", {a->c0, a->cT, a->cs})))
     return CHARLSTM_ERR_ARGS;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (a->cell) {  // each cell's kernels are a translation unit of their own: cell_<name>.cu
-    case CHARLSTM_CELL_LSTM: return run_forward<CHARLSTM_CELL_LSTM>(a, s, path, path_used);
-    case CHARLSTM_CELL_GRU: return run_forward<CHARLSTM_CELL_GRU>(a, s, path, path_used);
-    case CHARLSTM_CELL_RNN_TANH: return run_forward<CHARLSTM_CELL_RNN_TANH>(a, s, path, path_used);
-    default: return run_forward<CHARLSTM_CELL_RNN_RELU>(a, s, path, path_used);
-  }
+  return by_cell(a->cell, [&](auto cell) {
+    return run_forward<decltype(cell)::value>(a, s, path, path_used);
+  });
 }
 
 extern "C" int charlstm_backward(const charlstm_bwd_args* a, void* stream, int path,
                                  int* path_used) {
   using namespace charlstm;
   const char* who = "charlstm_backward";
-  clear_error();
-  if (a == nullptr) {
-    set_error("%s: null arguments", who);
-    return CHARLSTM_ERR_ARGS;
-  }
-  const int st = check_sizes(who, a->T, a->B, a->H, a->dtype, path, a->cell);
+  const int st = check_args(who, a, path);
   if (st != CHARLSTM_OK) return st;
   if (!require(who, a->cell, "dhs, dhT, w_t, gates, dgates, dh0, dzbuf, counter",
-               {a->dhs, a->dhT, a->w_t, a->gates, a->dgates, a->dh0, a->dzbuf, a->counter}))
-    return CHARLSTM_ERR_ARGS;
-  if (cell_has_c(a->cell) && !require(who, a->cell, "dcT, c0, cs, dc0, dcbuf",
-                                      {a->dcT, a->c0, a->cs, a->dc0, a->dcbuf}))
-    return CHARLSTM_ERR_ARGS;
-  if (a->cell == CHARLSTM_CELL_GRU &&
-      !require(who, a->cell, "h0, hs, dcbuf", {a->h0, a->hs, a->dcbuf}))
+               {a->dhs, a->dhT, a->w_t, a->gates, a->dgates, a->dh0, a->dzbuf, a->counter}) ||
+      (cell_has_c(a->cell) && !require(who, a->cell, "dcT, c0, cs, dc0, dcbuf",
+                                       {a->dcT, a->c0, a->cs, a->dc0, a->dcbuf})) ||
+      (a->cell == CHARLSTM_CELL_GRU &&
+       !require(who, a->cell, "h0, hs, dcbuf", {a->h0, a->hs, a->dcbuf})))
     return CHARLSTM_ERR_ARGS;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (a->cell) {
-    case CHARLSTM_CELL_LSTM: return run_backward<CHARLSTM_CELL_LSTM>(a, s, path, path_used);
-    case CHARLSTM_CELL_GRU: return run_backward<CHARLSTM_CELL_GRU>(a, s, path, path_used);
-    case CHARLSTM_CELL_RNN_TANH: return run_backward<CHARLSTM_CELL_RNN_TANH>(a, s, path, path_used);
-    default: return run_backward<CHARLSTM_CELL_RNN_RELU>(a, s, path, path_used);
-  }
+  return by_cell(a->cell, [&](auto cell) {
+    return run_backward<decltype(cell)::value>(a, s, path, path_used);
+  });
 }
