@@ -4,7 +4,7 @@
 // Work decomposition of the FMA kernels (both directions, both paths): a block owns a
 // contiguous range of hidden units j0 .. j0+nu-1 and a range of batch rows.  Within a block, one
 // warp handles one "item" = (unit u, group of kNB batch rows): its 32 lanes split the reduction
-// dimension (k over H in the forward, r over 4H in the backward), each lane sums its strided
+// dimension (k over H in the forward, r over G*H in the backward), each lane sums its strided
 // share in float32, then a fixed xor-butterfly of warp shuffles combines the 32 partial sums.
 // The order of every floating-point addition is fixed by (H, kNB, lane), so results are bitwise
 // deterministic run to run (no atomics in any reduction).  Lane q of the warp then does the

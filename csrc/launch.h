@@ -5,9 +5,11 @@
  * (a cudaStream_t is a pointer; 0 is the legacy default stream).
  *
  * The contract is the recurrent core of charlstm/backends/contract.py, one layer and one
- * direction for the whole sequence.  All tensors are dense, row-major (contiguous) and on the
- * current CUDA device; D is the dtype named by `dtype` (float32, float16 or bfloat16; float64 is
- * not supported by this backend).
+ * direction for the whole sequence, for every cell (enum charlstm_cell).  All tensors are dense,
+ * row-major (contiguous) and on the current CUDA device; D is the dtype named by `dtype`
+ * (float32, float16 or bfloat16; float64 is not supported by this backend).  G is the cell's
+ * gate count and S the number of H-blocks it saves for the backward (launch_plan.h:
+ * cell_gates, cell_saved).
  */
 #ifndef CHARLSTM_LAUNCH_H
 #define CHARLSTM_LAUNCH_H
@@ -18,6 +20,17 @@ extern "C" {
 
 /* The element type D of xproj, w_hh, h0, c0, hs, hT, cT, dgates, dh0, dc0. */
 enum charlstm_dtype { CHARLSTM_FLOAT32 = 0, CHARLSTM_FLOAT16 = 1, CHARLSTM_BFLOAT16 = 2 };
+
+/* The recurrent cell (the contract's Cell; charlstm/backends/abi.py mirrors the codes).
+ *   LSTM:     G = 4 (i, f, g, o), S = 4 (activated i, f, g, o), cell state c.
+ *   GRU:      G = 3 (r, z, n), S = 4 (r, z, n, hn = h[t-1] W_hn^T + b_hn), hidden-side bias b_hn.
+ *   RNN_TANH, RNN_RELU: G = 1, S = 1 (the activated h[t] before rounding to D). */
+enum charlstm_cell {
+  CHARLSTM_CELL_LSTM = 0,
+  CHARLSTM_CELL_GRU = 1,
+  CHARLSTM_CELL_RNN_TANH = 2,
+  CHARLSTM_CELL_RNN_RELU = 3
+};
 
 /* Which implementation runs the recurrence.
  * PERSISTENT:    one cooperative launch for the whole sequence, W_hh slices in shared memory,
@@ -45,24 +58,28 @@ enum charlstm_path {
 /* Return codes of the launchers; charlstm_last_error() has the sentence. */
 enum charlstm_status {
   CHARLSTM_OK = 0,
-  CHARLSTM_ERR_ARGS = 1,             /* bad sizes or dtype */
+  CHARLSTM_ERR_ARGS = 1,             /* bad sizes, dtype, cell or pointers */
   CHARLSTM_ERR_PERSISTENT_UNFIT = 2, /* a forced persistent path cannot run: the shape does not
                                         fit, or the stream is capturing a CUDA graph */
   CHARLSTM_ERR_CUDA = 3              /* a CUDA runtime call failed */
 };
 
-/* Forward.  Inputs: xproj [T,B,4H] D; w_hh [4H,H] D; h0, c0 [B,H] D; lengths [B] int32 or
- * NULL (row b is active at step t iff t < lengths[b], 1 <= lengths[b] <= T).
- * Outputs (written completely): hs [T,B,H] D (0 on inactive rows); hT, cT [B,H] D;
- * cs [T,B,H] float32; gates [T,B,4H] float32 (activated i, f, g, o).
+/* Forward.  Inputs: xproj [T,B,G*H] D; w_hh [G*H,H] D; h0 [B,H] D; c0 [B,H] D (LSTM, else
+ * ignored); b_hn [H] D or NULL for 0 (GRU, else ignored); lengths [B] int32 or NULL (row b is
+ * active at step t iff t < lengths[b], 1 <= lengths[b] <= T).
+ * Outputs (written completely): hs [T,B,H] D (0 on inactive rows); hT [B,H] D;
+ * gates [T,B,S*H] float32 (see enum charlstm_cell); LSTM only: cT [B,H] D, cs [T,B,H] float32
+ * (ignored, may be NULL, for the other cells).
  * Workspace: hbuf [2,B,H] D and counter (one unsigned int); contents on entry do not matter. */
 typedef struct charlstm_fwd_args {
   int T, B, H;
   int dtype; /* enum charlstm_dtype */
+  int cell;  /* enum charlstm_cell */
   const void* xproj;
   const void* w_hh;
   const void* h0;
   const void* c0;
+  const void* b_hn;
   const int* lengths;
   void* hs;
   void* hT;
@@ -73,18 +90,26 @@ typedef struct charlstm_fwd_args {
   unsigned int* counter;
 } charlstm_fwd_args;
 
-/* Backward.  Inputs: dhs [T,B,H] D; dhT, dcT [B,H] D; w_t = w_hh transposed, [H,4H] D;
- * c0 [B,H] D; cs [T,B,H] float32 and gates [T,B,4H] float32 from the forward; lengths as above.
- * Outputs: dgates [T,B,4H] D (0 on inactive rows); dh0, dc0 [B,H] D.
- * Workspace: dzbuf [2,B,4H] float32, dcbuf [B,H] float32, counter (one unsigned int). */
+/* Backward.  Inputs: dhs [T,B,H] D; dhT [B,H] D; w_t = w_hh transposed, [H,G*H] D;
+ * gates [T,B,S*H] float32 from the forward; lengths as above; LSTM: dcT, c0 [B,H] D and cs
+ * [T,B,H] float32; GRU: h0 [B,H] D and hs [T,B,H] D (h[t-1] enters its backward).  Fields a
+ * cell does not read are ignored (may be NULL).
+ * Outputs: dgates [T,B,G*H] D (d xproj; 0 on inactive rows); dh0 [B,H] D; dc0 [B,H] D (LSTM).
+ * Workspace: dzbuf [2,B,G*H] float32 (the gradient of h[t-1] W_hh^T exchanged between steps:
+ * dgates, except the GRU's n block, scaled by r), counter (one unsigned int), and for the LSTM
+ * and the GRU dcbuf [B,H] float32 (what a (row, unit) carries to the previous step besides the
+ * matmul: the LSTM's dc, the GRU's dh * z). */
 typedef struct charlstm_bwd_args {
   int T, B, H;
   int dtype;
+  int cell;
   const void* dhs;
   const void* dhT;
   const void* dcT;
   const void* w_t;
+  const void* h0;
   const void* c0;
+  const void* hs;
   const float* cs;
   const float* gates;
   const int* lengths;
@@ -100,8 +125,8 @@ typedef struct charlstm_bwd_args {
  * *path_used (if not NULL) receives the path that ran (PERSISTENT_TC, PERSISTENT or
  * STEPWISE, never AUTO).  Returns an enum charlstm_status; asynchronous kernel faults surface
  * at the next synchronisation. */
-int charlstm_lstm_forward(const charlstm_fwd_args* args, void* stream, int path, int* path_used);
-int charlstm_lstm_backward(const charlstm_bwd_args* args, void* stream, int path, int* path_used);
+int charlstm_forward(const charlstm_fwd_args* args, void* stream, int path, int* path_used);
+int charlstm_backward(const charlstm_bwd_args* args, void* stream, int path, int* path_used);
 
 /* The message of the last failed launcher call on this host thread ("" if none). */
 const char* charlstm_last_error(void);

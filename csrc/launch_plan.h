@@ -1,6 +1,7 @@
 // Launch geometry of the recurrent kernels, in plain C++: no CUDA runtime calls and no CUDA
-// headers.  It holds the block size, the tensor-core tile layout, the persistent and stepwise
-// launch plans and the order in which a path request tries the paths.  The launchers
+// headers.  It holds the cells' shapes (gate count, saved blocks), the block size, the
+// tensor-core tile layout, the persistent and stepwise launch plans and the order in which a
+// path request tries the paths.  The launchers
 // (launcher.cu) feed it the device's limits; the host emulator (csrc/emu) feeds it emulated
 // ones, so the emulator runs the plans the launchers compute, not a copy of them.
 #pragma once
@@ -17,6 +18,30 @@
 #endif
 
 namespace charlstm {
+
+// ---------------------------------------------------------------- the cells' shapes
+// Gate blocks of H in xproj and in the rows of W_hh (G), H-blocks of the saved gates (S), and
+// whether the cell carries a cell state c; 0 / false for an unknown code (enum charlstm_cell).
+// The device cells (cells.cuh) assert that they agree.
+constexpr int cell_gates(int cell) {
+  return cell == CHARLSTM_CELL_LSTM                                        ? 4
+         : cell == CHARLSTM_CELL_GRU                                       ? 3
+         : cell == CHARLSTM_CELL_RNN_TANH || cell == CHARLSTM_CELL_RNN_RELU ? 1
+                                                                            : 0;
+}
+constexpr int cell_saved(int cell) {
+  return cell == CHARLSTM_CELL_LSTM || cell == CHARLSTM_CELL_GRU ? 4 : cell_gates(cell);
+}
+constexpr bool cell_has_c(int cell) { return cell == CHARLSTM_CELL_LSTM; }
+inline const char* cell_name(int cell) {
+  switch (cell) {
+    case CHARLSTM_CELL_LSTM: return "lstm";
+    case CHARLSTM_CELL_GRU: return "gru";
+    case CHARLSTM_CELL_RNN_TANH: return "rnn_tanh";
+    case CHARLSTM_CELL_RNN_RELU: return "rnn_relu";
+    default: return "unknown";
+  }
+}
 
 #ifndef CHARLSTM_BLOCK_THREADS
 #define CHARLSTM_BLOCK_THREADS 256  // the host emulator (csrc/emu) may build with fewer
@@ -73,12 +98,12 @@ CHARLSTM_HD inline TcLayout tc_layout_mk(int m, int k, size_t elem) {
   return L;
 }
 
-// Forward: M = 4*units (gates x units), K = H.  Backward: M = units, K = 4H.
-CHARLSTM_HD inline TcLayout tc_layout(int H, int units, size_t elem) {
-  return tc_layout_mk(4 * units, H, elem);
+// Forward: M = G*units (gates x units), K = H.  Backward: M = units, K = G*H.
+CHARLSTM_HD inline TcLayout tc_layout(int H, int units, int gates, size_t elem) {
+  return tc_layout_mk(gates * units, H, elem);
 }
-CHARLSTM_HD inline TcLayout tc_bwd_layout(int H, int units, size_t elem) {
-  return tc_layout_mk(units, 4 * H, elem);
+CHARLSTM_HD inline TcLayout tc_bwd_layout(int H, int units, int gates, size_t elem) {
+  return tc_layout_mk(units, gates * H, elem);
 }
 
 // ---------------------------------------------------------------- persistent plan
@@ -111,13 +136,15 @@ struct PersistentPlan {
   char why[256];
 };
 
-// Plan a persistent kernel on a device with limits `d` for T steps: blocks of `units` units
-// cover H with at most one block per SM; the FMA kernels (tc == kTcNone) keep 4 * units rows of
-// H elements of `elem` bytes (the W slice) and stage rows of `rowbytes` bytes; the tensor-core
-// kernels have the fixed layout tc_layout / tc_bwd_layout.  Co-residency is checked afterwards
-// with plan_check_residency, once the occupancy API has answered for plan->smem.
-inline void plan_persistent_layout(const DeviceLimits& d, int T, int B, int H, size_t elem,
-                                   size_t rowbytes, TcKind tc, PersistentPlan* plan) {
+// Plan a persistent kernel of a cell with `gates` gates on a device with limits `d` for T
+// steps: blocks of `units` units cover H with at most one block per SM; the FMA kernels
+// (tc == kTcNone) keep gates * units rows of H elements of `elem` bytes (the W slice) and stage
+// rows of `rowbytes` bytes; the tensor-core kernels have the fixed layout tc_layout /
+// tc_bwd_layout.  Co-residency is checked afterwards with plan_check_residency, once the
+// occupancy API has answered for plan->smem.
+inline void plan_persistent_layout(const DeviceLimits& d, int T, int B, int H, int gates,
+                                   size_t elem, size_t rowbytes, TcKind tc,
+                                   PersistentPlan* plan) {
   plan->ok = false;
   plan->why[0] = '\0';
   if (!d.cooperative) {
@@ -134,10 +161,11 @@ inline void plan_persistent_layout(const DeviceLimits& d, int T, int B, int H, s
   }
   const int units = (H + d.sms - 1) / d.sms;  // fewest units that cover H with <= sms blocks
   const int blocks = (H + units - 1) / units;
-  const size_t wbytes = ((size_t)4 * units * H * elem + 15) & ~(size_t)15;
+  const size_t wbytes = ((size_t)gates * units * H * elem + 15) & ~(size_t)15;
   if (tc != kTcNone) {  // fixed layout: padded weight tile, 16 staged rows, K-split partials
-    const size_t need =
-        (tc == kTcForward ? tc_layout(H, units, elem) : tc_bwd_layout(H, units, elem)).total();
+    const size_t need = (tc == kTcForward ? tc_layout(H, units, gates, elem)
+                                          : tc_bwd_layout(H, units, gates, elem))
+                            .total();
     if (need > (size_t)d.smem_optin) {
       std::snprintf(plan->why, sizeof(plan->why),
                     "the tensor-core layout needs %zu bytes of shared memory per block (%d "

@@ -1,9 +1,13 @@
 // Host side of the launchers (see launcher.cuh): errors, argument checks, the capture query,
-// the device-side persistent plan and the one cooperative launcher.
+// the device-side persistent plan, the one cooperative launcher, and the C entry points of
+// launch.h, which check the arguments and call the requested cell's run_forward / run_backward
+// (instantiated in cell_<name>.cu).
 #include "launcher.cuh"
 
 #include <cstdarg>
 #include <cstdio>
+#include <initializer_list>
+#include <type_traits>
 
 namespace {
 thread_local char g_error[512] = {0};
@@ -27,7 +31,7 @@ int cuda_fail(cudaError_t err, const char* what) {
   return CHARLSTM_ERR_CUDA;
 }
 
-int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
+int check_sizes(const char* who, int T, int B, int H, int dtype, int path, int cell) {
   if (T < 1 || B < 1 || H < 1) {
     set_error("%s: need T, B, H >= 1, got T=%d B=%d H=%d", who, T, B, H);
     return CHARLSTM_ERR_ARGS;
@@ -44,8 +48,15 @@ int check_sizes(const char* who, int T, int B, int H, int dtype, int path) {
         who, path);
     return CHARLSTM_ERR_ARGS;
   }
-  if ((long long)H * 4 * H > 0x7fffffffLL) {
-    set_error("%s: hidden size %d too large (4*H*H must fit in int32)", who, H);
+  const int gates = cell_gates(cell);
+  if (gates == 0) {
+    set_error("%s: unknown cell code %d (expected 0 lstm, 1 gru, 2 rnn_tanh, 3 rnn_relu)", who,
+              cell);
+    return CHARLSTM_ERR_ARGS;
+  }
+  if ((long long)H * gates * H > 0x7fffffffLL) {
+    set_error("%s: hidden size %d too large for the %s cell (%d*H*H must fit in int32)", who, H,
+              cell_name(cell), gates);
     return CHARLSTM_ERR_ARGS;
   }
   return CHARLSTM_OK;
@@ -64,8 +75,8 @@ int stream_capturing(cudaStream_t stream, const char* who, bool* capturing) {
   return CHARLSTM_OK;
 }
 
-int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t rowbytes,
-                    TcKind tc, PersistentPlan* plan) {
+int plan_persistent(const void* kernel, int T, int B, int H, int gates, size_t elem,
+                    size_t rowbytes, TcKind tc, PersistentPlan* plan) {
   plan->ok = false;
   DeviceLimits d;
   int coop = 0, major = 0, minor = 0;
@@ -82,7 +93,7 @@ int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t
   if (e != cudaSuccess) return cuda_fail(e, "querying the device");
   d.cc = major * 10 + minor;
   d.cooperative = coop != 0;
-  plan_persistent_layout(d, T, B, H, elem, rowbytes, tc, plan);
+  plan_persistent_layout(d, T, B, H, gates, elem, rowbytes, tc, plan);
   if (!plan->ok) return CHARLSTM_OK;
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)plan->smem);
   if (e != cudaSuccess) return cuda_fail(e, "setting the persistent kernel's shared memory size");
@@ -94,11 +105,11 @@ int plan_persistent(const void* kernel, int T, int B, int H, size_t elem, size_t
 }
 
 int launch_persistent(const void* kernel, void* params, unsigned* counter, TcKind tc, int path,
-                      int T, int B, int H, size_t elem, size_t rowbytes, bool forced,
+                      int T, int B, int H, int gates, size_t elem, size_t rowbytes, bool forced,
                       const char* who, cudaStream_t stream, bool* launched) {
   *launched = false;
   PersistentPlan pl;
-  int st = plan_persistent(kernel, T, B, H, elem, rowbytes, tc, &pl);
+  int st = plan_persistent(kernel, T, B, H, gates, elem, rowbytes, tc, &pl);
   if (st != CHARLSTM_OK) return st;
   if (!pl.ok) {
     if (!forced) return CHARLSTM_OK;
@@ -127,3 +138,79 @@ int launch_persistent(const void* kernel, void* params, unsigned* counter, TcKin
 }
 
 }  // namespace charlstm
+
+// ---------------------------------------------------------------- the C entry points
+namespace {
+
+// CHARLSTM_OK, or CHARLSTM_ERR_ARGS with the message set: null arguments, bad sizes, dtype,
+// path or cell (check_sizes).
+template <class Args>
+int check_args(const char* who, const Args* a, int path) {
+  charlstm::clear_error();
+  if (a == nullptr) {
+    charlstm::set_error("%s: null arguments", who);
+    return CHARLSTM_ERR_ARGS;
+  }
+  return charlstm::check_sizes(who, a->T, a->B, a->H, a->dtype, path, a->cell);
+}
+
+// False (message set) when a pointer of `ps` is null: "the <cell> cell needs <names>".
+bool require(const char* who, int cell, const char* names, std::initializer_list<const void*> ps) {
+  for (const void* q : ps) {
+    if (q == nullptr) {
+      charlstm::set_error("%s: a required pointer is null (the %s cell needs %s)", who,
+                          charlstm::cell_name(cell), names);
+      return false;
+    }
+  }
+  return true;
+}
+
+// f(std::integral_constant<int, cell>()) for a checked cell code: each cell's kernels are a
+// translation unit of their own (cell_<name>.cu), which instantiates run_forward/run_backward.
+template <class F>
+int by_cell(int cell, F&& f) {
+  switch (cell) {
+    case CHARLSTM_CELL_LSTM: return f(std::integral_constant<int, CHARLSTM_CELL_LSTM>());
+    case CHARLSTM_CELL_GRU: return f(std::integral_constant<int, CHARLSTM_CELL_GRU>());
+    case CHARLSTM_CELL_RNN_TANH: return f(std::integral_constant<int, CHARLSTM_CELL_RNN_TANH>());
+    default: return f(std::integral_constant<int, CHARLSTM_CELL_RNN_RELU>());
+  }
+}
+
+}  // namespace
+
+extern "C" int charlstm_forward(const charlstm_fwd_args* a, void* stream, int path,
+                                int* path_used) {
+  using namespace charlstm;
+  const char* who = "charlstm_forward";
+  const int st = check_args(who, a, path);
+  if (st != CHARLSTM_OK) return st;
+  if (!require(who, a->cell, "xproj, w_hh, h0, hs, hT, gates, hbuf, counter",
+               {a->xproj, a->w_hh, a->h0, a->hs, a->hT, a->gates, a->hbuf, a->counter}) ||
+      (cell_has_c(a->cell) && !require(who, a->cell, "c0, cT, cs", {a->c0, a->cT, a->cs})))
+    return CHARLSTM_ERR_ARGS;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return by_cell(a->cell, [&](auto cell) {
+    return run_forward<decltype(cell)::value>(a, s, path, path_used);
+  });
+}
+
+extern "C" int charlstm_backward(const charlstm_bwd_args* a, void* stream, int path,
+                                 int* path_used) {
+  using namespace charlstm;
+  const char* who = "charlstm_backward";
+  const int st = check_args(who, a, path);
+  if (st != CHARLSTM_OK) return st;
+  if (!require(who, a->cell, "dhs, dhT, w_t, gates, dgates, dh0, dzbuf, counter",
+               {a->dhs, a->dhT, a->w_t, a->gates, a->dgates, a->dh0, a->dzbuf, a->counter}) ||
+      (cell_has_c(a->cell) && !require(who, a->cell, "dcT, c0, cs, dc0, dcbuf",
+                                       {a->dcT, a->c0, a->cs, a->dc0, a->dcbuf})) ||
+      (a->cell == CHARLSTM_CELL_GRU &&
+       !require(who, a->cell, "h0, hs, dcbuf", {a->h0, a->hs, a->dcbuf})))
+    return CHARLSTM_ERR_ARGS;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return by_cell(a->cell, [&](auto cell) {
+    return run_backward<decltype(cell)::value>(a, s, path, path_used);
+  });
+}

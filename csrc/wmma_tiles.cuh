@@ -7,6 +7,8 @@
 // so the result is deterministic.
 #pragma once
 
+#include <type_traits>
+
 #include "device_common.cuh"
 #if defined(__CUDACC__)
 #include <mma.h>  // the host emulator's shim (csrc/emu/emu_shim.h) provides its own WMMA
@@ -127,17 +129,28 @@ __device__ __forceinline__ void tc_stage_weights(T* at, int k, const TcLayout& L
 }
 
 // One chunk of both directions: stage rows 0..nb-1 of `src` (row stride and length `k`,
-// written by other blocks of this launch: read through L2) as the zero-padded X tile, then
-// Z = A . X^T into zs.  Ends with a __syncthreads(), so zs may be read right after; starts
-// with one, so the previous chunk's readers of xt/zs (and the A tile's writers) are done.
-template <typename T>
-__device__ __forceinline__ void tc_stage_and_multiply(const T* src, int k, int nb,
+// written by other blocks of this launch: read through L2) as the zero-padded X tile, rounding
+// float32 sources to T (the GRU's backward stages its float32 dhid), then Z = A . X^T into zs.
+// Ends with a __syncthreads(), so zs may be read right after; starts with one, so the previous
+// chunk's readers of xt/zs (and the A tile's writers) are done.
+template <typename T, typename Src>
+__device__ __forceinline__ void tc_stage_and_multiply(const Src* src, int k, int nb,
                                                       const TcTiles<T>& tl, const TcLayout& L) {
+  static_assert(std::is_same<Src, T>::value || std::is_same<Src, float>::value,
+                "the X tile is staged from T or from float32");
   const T zero = from_f<T>(0.0f);
   __syncthreads();
   for (int e = threadIdx.x; e < 16 * L.kpad; e += blockDim.x) {
     const int n = e / L.kpad, c = e % L.kpad;
-    tl.x[n * L.ld + c] = (n < nb && c < k) ? ld_cg(src + (long long)n * k + c) : zero;
+    T v = zero;
+    if (n < nb && c < k) {
+      if constexpr (std::is_same<Src, T>::value) {
+        v = ld_cg(src + (long long)n * k + c);
+      } else {
+        v = from_f<T>(ld_cg(src + (long long)n * k + c));
+      }
+    }
+    tl.x[n * L.ld + c] = v;
   }
   __syncthreads();
   tc_chunk_products<T>(tl.a, tl.x, tl.z, L);

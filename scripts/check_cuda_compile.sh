@@ -6,8 +6,11 @@
 #     pybind11 and Python (-fsyntax-only, -Wall -Wextra -Werror on our code; torch headers are
 #     -isystem), in C++17 and C++20 (torch 2.11 .. 2.13 build extensions with one or the other);
 #   * csrc/launch_plan.h alone with the host compiler and no CUDA headers (the launch planning
-#     is plain C++, shared by the launchers and the host emulator).
-# Exits non-zero if any compile fails.  Two jobs at a time (CHECK_JOBS to change).
+#     is plain C++, shared by the launchers and the host emulator);
+#   * then the sm_90 objects linked with a stub main calling both C entry points of launch.h:
+#     every cell's kernels (cell_<name>.cu, explicit instantiations the entry points in
+#     launcher.cu call) must be there, or the link fails here rather than at import on a GPU.
+# Exits non-zero if any compile or the link fails.  Two jobs at a time (CHECK_JOBS to change).
 # Usage: bash scripts/check_cuda_compile.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,9 +70,17 @@ run_one() {
 export -f run_one
 
 start=$SECONDS
-if tr '\n' '\0' < "$jobs_file" | xargs -0 -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}; then
-  echo "check_cuda_compile: all $(wc -l < "$jobs_file") compiles passed in $((SECONDS - start)) s"
-  exit 0
+if ! tr '\n' '\0' < "$jobs_file" | xargs -0 -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}; then
+  echo "check_cuda_compile: FAILED (see above)" >&2
+  exit 1
 fi
-echo "check_cuda_compile: FAILED (see above)" >&2
-exit 1
+cat > "$OUT/link_main.cpp" <<'CPPEOF'
+#include "launch.h"
+int main() { return charlstm_forward(0, 0, 0, 0) + charlstm_backward(0, 0, 0, 0); }
+CPPEOF
+if ! run_one "$NVCC -std=c++17 -Icsrc -gencode=arch=compute_90,code=sm_90 $OUT/link_main.cpp $OUT/*_sm90.o -o $OUT/link_check"; then
+  echo "check_cuda_compile: FAILED to link (see above)" >&2
+  exit 1
+fi
+echo "check_cuda_compile: all $(wc -l < "$jobs_file") compiles and the link passed in $((SECONDS - start)) s"
+exit 0

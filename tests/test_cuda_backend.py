@@ -24,6 +24,7 @@ import torch
 import charlstm
 from charlstm import backends, testing
 from charlstm.backends import cuda as cuda_backend
+from charlstm.backends.contract import CELLS
 from charlstm.backends.cuda import abi, availability, build, build_flags, paths
 from charlstm.testing import (
     FORWARD,
@@ -93,7 +94,8 @@ def test_missing_nvcc_is_a_clear_reason(monkeypatch):
 def test_jit_sources_are_the_csrc_files():
     srcs = [Path(s).name for s in build.sources()]
     assert build.csrc_dir() == CSRC
-    assert {"bindings.cpp", "launcher.cu", "lstm_forward.cu", "lstm_backward.cu"} <= set(srcs)
+    cells = {"cell_lstm.cu", "cell_gru.cu", "cell_rnn.cu"}
+    assert {"bindings.cpp", "launcher.cu"} | cells <= set(srcs)
     assert srcs == (sorted(p.name for p in CSRC.glob("*.cu"))
                     + sorted(p.name for p in CSRC.glob("*.cpp")))
 
@@ -128,18 +130,79 @@ def test_launch_header_codes_match_python():
     assert ({k.replace("CHARLSTM_PATH_", "").lower(): v for k, v in paths_c.items()}
             == abi.PATH_CODES)
     assert set(paths.VARIANTS) | {"auto"} == set(abi.PATH_CODES)
+    cells_c = _c_enum(h, "charlstm_cell")
+    assert ({k.replace("CHARLSTM_CELL_", "").lower(): v for k, v in cells_c.items()}
+            == abi.CELL_CODES)
+    assert set(abi.CELL_CODES) == set(CELLS)
+
+
+def test_every_cell_is_dispatched_and_instantiated():
+    """Each enum charlstm_cell value has a case in the C entry points' dispatch (launcher.cu:
+    by_cell) and an explicit instantiation of run_forward/run_backward in a cell_<name>.cu (a
+    missing one would compile and only fail to link; scripts/check_cuda_compile.sh also links
+    them), and the registry lists every cell for the cuda backend."""
+    codes = _c_enum((CSRC / "launch.h").read_text(), "charlstm_cell")
+    launcher = (CSRC / "launcher.cu").read_text()
+    by_cell = launcher[launcher.index("int by_cell("):]
+    by_cell = by_cell[:by_cell.index("\n}\n")]
+    cells_src = "".join(f.read_text() for f in sorted(CSRC.glob("cell_*.cu")))
+    last = max(codes, key=codes.get)
+    for code in codes:
+        case = f"default: return f(std::integral_constant<int, {code}>())" if code == last else \
+            f"case {code}: return f(std::integral_constant<int, {code}>())"
+        assert case in by_cell, f"launcher.cu by_cell: no {case!r}"
+        for fn in ("run_forward", "run_backward"):
+            assert re.search(rf"template int {fn}<{code}>\(", cells_src), \
+                f"no cell_*.cu instantiates {fn}<{code}>"
+    assert backends._REGISTRY["cuda"].cells == tuple(CELLS)
 
 
 @pytest.mark.parametrize("struct", ["charlstm_fwd_args", "charlstm_bwd_args"])
 def test_bindings_fill_every_launcher_field(struct):
     fields = _c_struct_fields((CSRC / "launch.h").read_text(), struct)
-    assert len(fields) > 10 and fields[:4] == ["T", "B", "H", "dtype"]
+    assert len(fields) > 10 and fields[:5] == ["T", "B", "H", "dtype", "cell"]
+    cell_fields = {"b_hn"} if struct == "charlstm_fwd_args" else {"h0", "hs"}  # GRU
+    assert cell_fields <= set(fields)
     bindings = (CSRC / "bindings.cpp").read_text()
     fn = "forward(" if struct == "charlstm_fwd_args" else "backward("
     body = bindings[bindings.index(f"{struct} a;"):]
     body = body[:body.index("check_status")]
     missing = [f for f in fields if not re.search(rf"\ba\.{f}\s*=", body)]
     assert not missing, f"bindings.cpp {fn}...) leaves {missing} unset"
+
+
+def _bindings_args(fn: str) -> list:
+    """The py::arg names of ``m.def("<fn>", ...)`` in bindings.cpp, in order."""
+    text = (CSRC / "bindings.cpp").read_text()
+    body = text[text.index(f'm.def("{fn}"'):]
+    body = body[:body.index(";")]
+    return re.findall(r'py::arg\("(\w+)"\)', body)
+
+
+def _ops_call_keywords(fn: str) -> list:
+    """The keywords ops.py passes to ``ext.<fn>(...)``, in order."""
+    import ast
+    tree = ast.parse((ROOT / "charlstm" / "backends" / "cuda" / "ops.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == fn
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "ext"]
+    assert len(calls) == 1 and not calls[0].args, f"ops.py: expected one ext.{fn}(keywords...)"
+    return [k.arg for k in calls[0].keywords]
+
+
+@pytest.mark.parametrize("fn", ["forward", "backward"])
+def test_ops_pass_every_binding_argument_by_name(fn):
+    """ops.py calls the extension with exactly the arguments bindings.cpp declares (py::arg), by
+    name, and the C++ functions take them in that order: the contract's arguments, the cell
+    code, the stream and the path."""
+    names = _bindings_args(fn)
+    assert _ops_call_keywords(fn) == names
+    text = (CSRC / "bindings.cpp").read_text()
+    sig = re.search(r"> " + fn + r"\((.*?)\)\s*\{", text, re.S).group(1)
+    assert re.findall(r"(\w+)\s*(?:,|$)", sig) == names
+    assert names[-3:] == ["cell", "stream", "path"]
+    assert names[:-3] == (["xproj", "w_hh", "h0", "c0", "lengths", "b_hn"] if fn == "forward" else
+                          ["dhs", "dhT", "dcT", "w_hh", "h0", "c0", "hs", "cs", "gates", "lengths"])
 
 
 # =============================================================== CPU: build flags
@@ -237,11 +300,18 @@ def test_bare_cuda_uses_tensor_cores_for_half_types_from_batch_8(dtype, batch, w
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("name", CUDA_VARIANTS)
-def test_deterministic(name):
-    core = _core(name)
-    inputs, grads = core_inputs(12, 6, 100, torch.float32, DEV, lengths="random")
-    a, b = core_gradients(core, inputs, grads), core_gradients(core, inputs, grads)
+def test_deterministic(name, cell):
+    """Bitwise the same twice, every gradient, every cell (bfloat16 where the variant is the
+    tensor-core one: its own path)."""
+    dtype = torch.bfloat16 if name == "cuda:persistent_tc" else torch.float32
+    skip_unless_runs(name, DEV, dtype, cell)
+    core = backends.core_for(name)
+    inputs, grads = core_inputs(12, 6, 100, dtype, DEV, cell=cell, lengths="random")
+    a = core_gradients(core, inputs, grads, cell=cell)
+    b = core_gradients(core, inputs, grads, cell=cell)
+    assert backends.last_run()["backward"] == expected_run(name, dtype)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from charlstm.backends.contract import CELLS
 from charlstm.backends.cuda import build, build_toolkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,54 +55,102 @@ def emulator(tmp_path_factory):
     return exe
 
 
-# (dtype, T, B, H, packed, path, a1, a2, a3, what the plan must show)
+# (cell, dtype, T, B, H, packed, path, a1, a2, a3, what the plan must show)
 #   persistent, persistent_tc: a1 emulated SMs, a2 shared memory bytes per block;
 #   stepwise: a1 units and a2 rows per block, a3 staging bytes (49152: the launchers' default).
 # Small budgets force chunked staging; the strings pin each case to the layout it is for.
+# The LSTM's cases (from before the cells were generalised) cover every layout; each other cell
+# gets both paths, both directions, packed rows, chunked and ragged staging, tensor cores.
 EMU_CASES = [
-    ("f32", 1, 1, 1, 0, "persistent", 4, 100000, 0, ["fwd: 1 blocks x 1 units, bb 1"]),
-    ("f32", 4, 9, 20, 1, "persistent", 6, 1700, 0, ["fwd: 5 blocks x 4 units, bb 5",  # chunks
-                                                    "bwd: 5 blocks x 4 units, bb 1"]),
-    ("f16", 6, 5, 33, 1, "persistent", 4, 3000, 0, ["fwd: 4 blocks x 9 units, bb 5",
-                                                    "bwd: 4 blocks x 9 units, bb 1"]),
-    ("bf16", 5, 3, 40, 1, "persistent", 5, 100000, 0, ["bb 3"]),
-    ("f32", 3, 2, 100, 0, "persistent", 2, 100000, 0, ["2 blocks x 50 units"]),
-    ("f32", 5, 9, 20, 1, "stepwise", 8, 16, 0, ["fwd: grid 3 x 1, units 8 rows 9 stage_rows 0",
-                                               "bwd: grid 3 x 1, units 8 rows 9 stage_rows 0"]),
+    ("lstm", "f32", 1, 1, 1, 0, "persistent", 4, 100000, 0, ["fwd: 1 blocks x 1 units, bb 1"]),
+    ("lstm", "f32", 4, 9, 20, 1, "persistent", 6, 1700, 0, ["fwd: 5 blocks x 4 units, bb 5",
+                                                            "bwd: 5 blocks x 4 units, bb 1"]),
+    ("lstm", "f16", 6, 5, 33, 1, "persistent", 4, 3000, 0, ["fwd: 4 blocks x 9 units, bb 5",
+                                                            "bwd: 4 blocks x 9 units, bb 1"]),
+    ("lstm", "bf16", 5, 3, 40, 1, "persistent", 5, 100000, 0, ["bb 3"]),
+    ("lstm", "f32", 3, 2, 100, 0, "persistent", 2, 100000, 0, ["2 blocks x 50 units"]),
+    ("lstm", "f32", 5, 9, 20, 1, "stepwise", 8, 16, 0,
+     ["fwd: grid 3 x 1, units 8 rows 9 stage_rows 0",
+      "bwd: grid 3 x 1, units 8 rows 9 stage_rows 0"]),
     # several row blocks; forward staged 3 rows at a time of 4 (ragged), backward unstaged
-    ("f16", 5, 9, 20, 1, "stepwise", 3, 4, 120, ["fwd: grid 7 x 3, units 3 rows 4 stage_rows 3",
-                                                "bwd: grid 7 x 3, units 3 rows 4 stage_rows 0"]),
-    ("bf16", 3, 9, 24, 1, "stepwise", 8, 8, 960, ["fwd: grid 3 x 2, units 8 rows 8 stage_rows 8",
-                                                 "bwd: grid 3 x 2, units 8 rows 8 stage_rows 2"]),
-    ("f32", 1, 3, 5, 1, "stepwise", 8, 16, 100000, ["stage_rows 3"]),
+    ("lstm", "f16", 5, 9, 20, 1, "stepwise", 3, 4, 120,
+     ["fwd: grid 7 x 3, units 3 rows 4 stage_rows 3",
+      "bwd: grid 7 x 3, units 3 rows 4 stage_rows 0"]),
+    ("lstm", "bf16", 3, 9, 24, 1, "stepwise", 8, 8, 960,
+     ["fwd: grid 3 x 2, units 8 rows 8 stage_rows 8",
+      "bwd: grid 3 x 2, units 8 rows 8 stage_rows 2"]),
+    ("lstm", "f32", 1, 3, 5, 1, "stepwise", 8, 16, 100000, ["stage_rows 3"]),
     # the launchers' own stepwise limits (8 units x 16 rows, 48 KiB): a 1-row second block
-    ("bf16", 2, 17, 24, 1, "stepwise", 8, 16, 49152,
+    ("lstm", "bf16", 2, 17, 24, 1, "stepwise", 8, 16, 49152,
      ["fwd: grid 3 x 2, units 8 rows 16 stage_rows 16"]),
     # WMMA forward and backward (padded rows: ld = kpad + 8):
-    ("f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0, ["kpad 32 ld 40 nsplit 2"]),  # K split
-    ("bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0, ["mpad 80 kpad 48 ld 56"]),  # 2 chunks
-    ("f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0, ["3 blocks x 7 units"]),      # ragged
-    ("bf16", 4, 8, 40, 0, "persistent_tc", 1, 100000, 0, ["bwd: 1 blocks x 40 units", "mpad 48"]),
+    ("lstm", "f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0, ["kpad 32 ld 40 nsplit 2"]),
+    ("lstm", "bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0, ["mpad 80 kpad 48 ld 56"]),
+    ("lstm", "f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0, ["3 blocks x 7 units"]),
+    ("lstm", "bf16", 4, 8, 40, 0, "persistent_tc", 1, 100000, 0,
+     ["bwd: 1 blocks x 40 units", "mpad 48"]),
     # rows of 128 bytes (K = 64) and 512 bytes (K = 256): 8-way conflicts without the padding
-    ("bf16", 2, 16, 64, 1, "persistent_tc", 8, 100000, 0,
+    ("lstm", "bf16", 2, 16, 64, 1, "persistent_tc", 8, 100000, 0,
      ["fwd: 8 blocks x 8 units", "kpad 64 ld 72", "kpad 256 ld 264"]),
+    # GRU: 3 gate rows per unit (W slice 3*4*20*4 = 960 bytes), saved r, z, n, hn
+    ("gru", "f32", 4, 9, 20, 1, "persistent", 6, 1200, 0,
+     ["fwd: 5 blocks x 4 units, bb 3, smem 1200", "bwd: 5 blocks x 4 units, bb 1"]),
+    ("gru", "f16", 6, 5, 33, 1, "persistent", 4, 3000, 0, ["fwd: 4 blocks x 9 units, bb 5",
+                                                           "bwd: 4 blocks x 9 units, bb 3"]),
+    ("gru", "f16", 5, 9, 20, 1, "stepwise", 3, 4, 120,
+     ["fwd: grid 7 x 3, units 3 rows 4 stage_rows 3",
+      "bwd: grid 7 x 3, units 3 rows 4 stage_rows 0"]),
+    ("gru", "bf16", 3, 9, 24, 1, "stepwise", 8, 8, 960,
+     ["bwd: grid 3 x 2, units 8 rows 8 stage_rows 3"]),
+    ("gru0", "f32", 3, 5, 12, 1, "stepwise", 8, 16, 100000, ["stage_rows 5"]),      # b_hn = NULL
+    # the backward stages the float32 dhid (n block scaled by r), rounded: K = 3H
+    ("gru", "f16", 4, 5, 20, 1, "persistent_tc", 6, 100000, 0, ["mpad 16 kpad 64 ld 72 nsplit 2"]),
+    ("gru", "bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0, ["mpad 64 kpad 48 ld 56"]),
+    ("gru", "f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0, ["3 blocks x 7 units"]),
+    # vanilla RNN: one gate row per unit, saved h
+    ("rnn_tanh", "f32", 4, 9, 20, 1, "persistent", 6, 560, 0, ["fwd: 5 blocks x 4 units, bb 3",
+                                                               "bwd: 5 blocks x 4 units, bb 3"]),
+    ("rnn_tanh", "f16", 5, 9, 20, 1, "stepwise", 3, 4, 120,
+     ["fwd: grid 7 x 3, units 3 rows 4 stage_rows 3",
+      "bwd: grid 7 x 3, units 3 rows 4 stage_rows 1"]),
+    ("rnn_tanh", "bf16", 3, 19, 33, 1, "persistent_tc", 2, 100000, 0, ["mpad 32 kpad 48 ld 56"]),
+    ("rnn_tanh", "bf16", 2, 16, 64, 1, "persistent_tc", 8, 100000, 0,
+     ["fwd: 8 blocks x 8 units", "kpad 64 ld 72"]),                                 # 128-byte rows
+    ("rnn_relu", "f16", 6, 5, 33, 1, "persistent", 4, 1000, 0, ["fwd: 4 blocks x 9 units, bb 5",
+                                                                "bwd: 4 blocks x 9 units, bb 2"]),
+    ("rnn_relu", "bf16", 3, 9, 24, 1, "stepwise", 8, 8, 300,
+     ["bwd: grid 3 x 2, units 8 rows 8 stage_rows 3"]),
+    ("rnn_relu", "f16", 6, 17, 20, 1, "persistent_tc", 3, 100000, 0, ["3 blocks x 7 units"]),
 ]
+#: outputs compared per cell: hs, hT, gates, dgates, dh0, and the LSTM's cT, cs, dc0
+OUTPUTS = {"lstm": 8, "gru": 5, "gru0": 5, "rnn_tanh": 5, "rnn_relu": 5}
 
 
-@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: "-".join(map(str, c[:6])) + f"-{c[8]}")
+@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: "-".join(map(str, c[:7])) + f"-{c[9]}")
 def test_kernel_code_in_host_emulation_matches_contract(emulator, case):
     """Every output of both directions against a double-precision implementation of the
-    contract, NaN-filled outputs and shared memory so that anything unwritten fails, inactive
-    rows exactly 0; exit code 3 if a WMMA load breaks an alignment rule or conflicts on banks.
-    Checks indexing, staging, work division, the barrier logic and the launch plans; not the
-    GPU memory model (see csrc/emu/emu_shim.h)."""
+    contract (its backward fed the kernels' saved tensors), NaN-filled outputs and shared memory
+    so that anything unwritten fails, inactive rows exactly 0; exit code 3 if a WMMA load breaks
+    an alignment rule or conflicts on banks.  Checks indexing, staging, work division, the
+    barrier logic, each cell's pointwise step and carry and the launch plans; not the GPU memory
+    model (see csrc/emu/emu_shim.h)."""
     *args, plan = case
     res = subprocess.run([str(emulator), *map(str, args)], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert len(re.findall(r"^ok   ", res.stdout, re.M)) == 8, res.stdout
+    assert len(re.findall(r"^ok   ", res.stdout, re.M)) == OUTPUTS[args[0]], res.stdout
     for s in plan:
         assert s in res.stdout, f"expected {s!r} in the plan:\n{res.stdout}"
+
+
+def test_device_cells_match_the_contract(emulator):
+    """The device cells' gate count, saved blocks and cell state (cells.cuh, asserted equal to
+    launch_plan.h's table at compile time) are the contract's (charlstm/backends/contract.py)."""
+    res = subprocess.run([str(emulator), "cells"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = {name: (int(g), int(s), c == "1") for name, g, s, c in
+           (line.split() for line in res.stdout.splitlines())}
+    assert got == {c.name: (c.gates, c.saved, c.has_c) for c in CELLS.values()}
 
 
 def _paths(emulator, path, capturing, half, batch):
@@ -137,10 +186,11 @@ def test_path_choice_under_graph_capture(emulator):
 
 
 # =============================================================== PTX of the tensor-core kernels
-@pytest.mark.parametrize("source", ["lstm_forward.cu", "lstm_backward.cu"])
+@pytest.mark.parametrize("source", ["cell_lstm.cu", "cell_gru.cu", "cell_rnn.cu"])
 def test_tensor_core_fragment_loads_are_shared_in_ptx(source, tmp_path):
-    """Every wmma.load in the sm_90a PTX is the .shared form (the generic form becomes plain
-    generic loads in SASS instead of ldmatrix); both operands in float16 and bfloat16."""
+    """Every wmma.load in the sm_90a PTX of each cell's kernels is the .shared form (the generic
+    form becomes plain generic loads in SASS instead of ldmatrix); both operands in float16 and
+    bfloat16 (the GRU's backward stages its float32 dhid rounded into the same tile)."""
     nvcc = build.nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found (PATH or CUDA_HOME): cannot compile to PTX here")
@@ -158,8 +208,9 @@ def test_tensor_core_fragment_loads_are_shared_in_ptx(source, tmp_path):
 
 
 # =============================================================== persistent plans
-def _plan(emulator, kind, T, B, H, elem, sms, smem, cc=90):
-    res = subprocess.run([str(emulator), "plan", kind, *map(str, (T, B, H, elem, sms, smem, cc))],
+def _plan(emulator, kind, T, B, H, elem, sms, smem, cc=90, cell="lstm"):
+    res = subprocess.run([str(emulator), "plan", cell, kind,
+                          *map(str, (T, B, H, elem, sms, smem, cc))],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout.strip()
@@ -174,17 +225,35 @@ def _tc_bytes(m, k, elem, pad, warps=2):
     return -(-m * ld * elem // 32) * 32 + 16 * ld * elem + nsplit * mpad * 16 * 4
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("kind", ["tc_fwd", "tc_bwd"])
-def test_tensor_core_plan_counts_the_row_padding(emulator, kind):
-    """The fit check includes the 8-element row padding: a budget that would hold the unpadded
-    tiles but not the padded ones is refused (H = 768 bf16 on 132 SMs: 6 units per block)."""
-    m, k = (4 * 6, 768) if kind == "tc_fwd" else (6, 4 * 768)
+def test_tensor_core_plan_counts_the_row_padding(emulator, kind, cell):
+    """The fit check includes the 8-element row padding and the cell's gate count: a budget that
+    would hold the unpadded tiles but not the padded ones is refused (H = 768 bf16 on 132 SMs:
+    6 units per block; the forward's A tile has G*6 rows, the backward's rows have G*768)."""
+    G = CELLS[cell].gates
+    m, k = (G * 6, 768) if kind == "tc_fwd" else (6, G * 768)
     need, unpadded = _tc_bytes(m, k, 2, 8), _tc_bytes(m, k, 2, 0)
     assert unpadded < need
-    assert _plan(emulator, kind, 10, 16, 768, 2, 132, need) == \
+    assert _plan(emulator, kind, 10, 16, 768, 2, 132, need, cell=cell) == \
         f"ok: 128 blocks x 6 units, bb 1, smem {need}"
-    out = _plan(emulator, kind, 10, 16, 768, 2, 132, need - 1)
+    out = _plan(emulator, kind, 10, 16, 768, 2, 132, need - 1, cell=cell)
     assert out.startswith("unfit: the tensor-core layout needs") and str(need) in out, out
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_fma_plan_keeps_the_cells_gate_rows(emulator, cell):
+    """The FMA persistent forward keeps G*units rows of W_hh per block and stages rows of h in
+    the rest; the backward keeps units rows of W_hh^T (G*H each) and stages rows of dhid (G*H
+    float32): H = 768 bf16 on 132 SMs, 6 units per block, 64 KiB of shared memory."""
+    G, smem = CELLS[cell].gates, 65536
+    w_fwd, w_bwd = G * 6 * 768 * 2, 6 * G * 768 * 2
+    bb_fwd = min(64, (smem - w_fwd) // (768 * 2))
+    bb_bwd = min(64, (smem - w_bwd) // (G * 768 * 4))
+    assert _plan(emulator, "fma_fwd", 10, 64, 768, 2, 132, smem, cell=cell) == \
+        f"ok: 128 blocks x 6 units, bb {bb_fwd}, smem {w_fwd + bb_fwd * 768 * 2}"
+    assert _plan(emulator, "fma_bwd", 10, 64, 768, 2, 132, smem, cell=cell) == \
+        f"ok: 128 blocks x 6 units, bb {bb_bwd}, smem {w_bwd + bb_bwd * G * 768 * 4}"
 
 
 def test_tensor_core_plan_needs_sm80(emulator):

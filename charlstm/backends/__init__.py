@@ -88,8 +88,7 @@ _REGISTRY = {
                       "untested on GPU", ("lstm",)),
     "cuda": Backend("cuda", "charlstm.backends.cuda", True,
                     ("persistent_tc", "persistent", "stepwise"), ("cuda",), _HALF_AND_SINGLE,
-                    "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU",
-                    ("lstm",)),
+                    "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU"),
 }
 
 #: the backend families, in registry order

@@ -1,12 +1,13 @@
 // Host emulator for the charlstm kernels (see emu_shim.h): runs the real device code of
-// csrc/*.cuh -- the persistent bodies with all blocks concurrently (grid barrier included), or
-// the stepwise bodies one step at a time -- on random inputs, and compares every output with a
-// double-precision implementation of the contract (emu_reference.h).  The launch
+// csrc/*.cuh for a cell -- the persistent bodies with all blocks concurrently (grid barrier
+// included), or the stepwise bodies one step at a time -- on random inputs, and compares every
+// output with a double-precision implementation of the contract (emu_reference.h).  The launch
 // geometry comes from the launchers' own planning code (csrc/launch_plan.h) fed with emulated
 // device limits.
 //
 // Usage:
-//   emu DTYPE T B H PACKED PATH A1 A2 A3
+//   emu CELL DTYPE T B H PACKED PATH A1 A2 A3
+//     CELL lstm|gru|gru0|rnn_tanh|rnn_relu (gru0: the GRU with b_hn = NULL, i.e. zero);
 //     DTYPE f32|f16|bf16; PACKED 0|1; PATH persistent|stepwise|persistent_tc (f16/bf16: the
 //     WMMA forward and backward).
 //     persistent, persistent_tc: A1 emulated SMs, A2 shared memory bytes per block (A3 unused):
@@ -15,9 +16,11 @@
 //                 plan_stepwise decides the staged rows.
 //   emu paths PATH CAPTURING HALF B
 //     prints the paths choose_paths tries for a request, in order, or why it refuses.
-//   emu plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC
-//     prints the persistent plan for a device with SMS SMs, SMEM bytes of shared memory per
-//     block and compute capability CC (e.g. 90), or why the shape does not fit.
+//   emu plan CELL fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC
+//     prints the persistent plan of CELL for a device with SMS SMs, SMEM bytes of shared memory
+//     per block and compute capability CC (e.g. 90), or why the shape does not fit.
+//   emu cells
+//     prints each cell's name, gate count, saved blocks and 1 if it has a cell state.
 // Prints the plan and one line per output; exits 0 when all match, 1 on a mismatch, 2 on bad
 // usage or a plan that does not fit, 3 on a broken WMMA rule (emu_shim.h).
 // Test-only (tests/test_cuda_emulator.py compiles and runs it); not part of the extension.
@@ -36,6 +39,7 @@
 
 #include "../fma_backward.cuh"
 #include "../fma_forward.cuh"
+#include "../cells.cuh"
 #include "../launch_plan.h"
 #include "../tc_persistent.cuh"
 
@@ -43,8 +47,9 @@ using namespace charlstm;
 using emu::compare;
 using emu::fromf;
 using emu::nan_vec;
+using emu::Problem;
 using emu::Ref;
-using emu::reference;
+using emu::to_double;
 
 namespace {
 
@@ -96,10 +101,13 @@ void launch(dim3 grid, size_t smem_bytes, int nsteps,
   }
 }
 
-template <typename T>
-int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int a2, int a3,
-        double tol) {
-  const int G = 4 * H;
+// One cell in one dtype on one path: both directions, then every output against the reference.
+template <class Cell, typename T>
+int run(int Tn, int B, int H, bool with_bias, bool packed, bool persistent, bool tc, int a1,
+        int a2, int a3, double tol) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool has_c = Cell::kHasC;
+  const size_t BH = (size_t)B * H, TBH = (size_t)Tn * BH;
   std::mt19937 rng(1234 + Tn * 7 + B * 13 + H);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   auto rnd = [&](size_t n, float scale) {
@@ -107,57 +115,56 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
     for (auto& e : v) e = fromf<T>(nd(rng) * scale);
     return v;
   };
-  std::vector<T> x = rnd((size_t)Tn * B * G, 0.5f),
-                 w = rnd((size_t)G * H, 1.0f / std::sqrt((float)H));
-  std::vector<T> h0 = rnd((size_t)B * H, 0.5f), c0 = rnd((size_t)B * H, 0.5f);
-  std::vector<T> dhs = rnd((size_t)Tn * B * H, 1.0f), dhT = rnd((size_t)B * H, 1.0f),
-                 dcT = rnd((size_t)B * H, 1.0f);
+  const std::vector<T> x = rnd(TBH * G, 0.5f), w = rnd((size_t)G * H * H, 1.0f / std::sqrt(H));
+  const std::vector<T> h0 = rnd(BH, 0.5f), c0 = rnd(BH, 0.5f), b_hn = rnd(H, 0.5f);
+  const std::vector<T> dhs = rnd(TBH, 1.0f), dhT = rnd(BH, 1.0f), dcT = rnd(BH, 1.0f);
   std::vector<int> lengths(B, Tn);
   if (packed) {
     std::uniform_int_distribution<int> ud(1, Tn);
     for (int b = 1; b < B; ++b) lengths[b] = ud(rng);
   }
-  std::vector<T> wt((size_t)H * G);
-  for (int r = 0; r < G; ++r)
-    for (int k = 0; k < H; ++k) wt[(size_t)k * G + r] = w[(size_t)r * H + k];
+  std::vector<T> wt((size_t)H * G * H);
+  for (int r = 0; r < G * H; ++r)
+    for (int k = 0; k < H; ++k) wt[(size_t)k * G * H + r] = w[(size_t)r * H + k];
 
-  std::vector<T> hs = nan_vec<T>((size_t)Tn * B * H), hT = nan_vec<T>((size_t)B * H),
-                 cT = nan_vec<T>((size_t)B * H), hbuf = nan_vec<T>((size_t)2 * B * H);
-  std::vector<float> cs((size_t)Tn * B * H, NAN), gates((size_t)Tn * B * G, NAN);
-  std::vector<T> dgates = nan_vec<T>((size_t)Tn * B * G), dh0 = nan_vec<T>((size_t)B * H),
-                 dc0 = nan_vec<T>((size_t)B * H);
-  std::vector<float> dzbuf((size_t)2 * B * G, NAN), dcbuf((size_t)B * H, NAN);
+  // Outputs and workspaces, NaN-filled; the cell-state ones exist for the LSTM only.
+  std::vector<T> hs = nan_vec<T>(TBH), hT = nan_vec<T>(BH), hbuf = nan_vec<T>(2 * BH);
+  std::vector<T> cT = nan_vec<T>(has_c ? BH : 0);
+  std::vector<float> cs(has_c ? TBH : 0, NAN), gates(TBH * S, NAN);
+  std::vector<T> dgates = nan_vec<T>(TBH * G), dh0 = nan_vec<T>(BH);
+  std::vector<T> dc0 = nan_vec<T>(has_c ? BH : 0);
+  std::vector<float> dzbuf(2 * BH * G, NAN);
+  std::vector<float> dcbuf(Cell::kCarry != Carry::kNone ? BH : 0, NAN);
   unsigned counter = 0;
+  auto ptr = [](auto& v) { return v.empty() ? nullptr : v.data(); };  // null when unused
 
-  FwdParams<T> fp{x.data(),    w.data(),  h0.data(), c0.data(), packed ? lengths.data() : nullptr,
-                  hs.data(),   hT.data(), cT.data(), cs.data(), gates.data(),
-                  hbuf.data(), &counter,  Tn,        B,         H};
-  BwdParams<T> bp{dhs.data(),
-                  dhT.data(),
-                  dcT.data(),
-                  wt.data(),
-                  c0.data(),
-                  cs.data(),
-                  gates.data(),
-                  packed ? lengths.data() : nullptr,
-                  dgates.data(),
-                  dh0.data(),
-                  dc0.data(),
-                  dzbuf.data(),
-                  dcbuf.data(),
-                  &counter,
-                  Tn,
-                  B,
-                  H};
+  // The kernel parameters as kernels.cuh fills them.
+  FwdParams<T> fp;
+  fp.xproj = x.data(), fp.w = w.data(), fp.h0 = h0.data(), fp.c0 = has_c ? c0.data() : nullptr;
+  fp.b_hn = with_bias ? b_hn.data() : nullptr;
+  fp.lengths = packed ? lengths.data() : nullptr;
+  fp.hs = hs.data(), fp.hT = hT.data(), fp.cT = ptr(cT), fp.cs = ptr(cs), fp.gates = gates.data();
+  fp.hbuf = hbuf.data(), fp.counter = &counter, fp.Tn = Tn, fp.B = B, fp.H = H;
+  BwdParams<T> bp;
+  bp.dhs = dhs.data(), bp.dhT = dhT.data(), bp.dcT = has_c ? dcT.data() : nullptr;
+  bp.wt = wt.data();
+  if constexpr (has_c) {
+    bp.c0 = c0.data(), bp.cs = cs.data();
+  } else {
+    bp.h0 = h0.data(), bp.hs = hs.data();
+  }
+  bp.gates = gates.data(), bp.lengths = fp.lengths, bp.dgates = dgates.data();
+  bp.dh0 = dh0.data(), bp.dc0 = ptr(dc0), bp.dzbuf = dzbuf.data(), bp.dcbuf = ptr(dcbuf);
+  bp.counter = &counter, bp.Tn = Tn, bp.B = B, bp.H = H;
 
-  // The two directions' plans and bodies: the same calls as lstm_forward.cu/lstm_backward.cu.
-  const size_t rowbytes[2] = {H * sizeof(T), G * sizeof(float)};  // a staged h / dz row
+  // The two directions' plans and bodies: the same calls as kernels.cuh.
+  const size_t rowbytes[2] = {H * sizeof(T), (size_t)G * H * sizeof(float)};  // h / dhid rows
   if (persistent) {
     const DeviceLimits dev{0, 90, a1, a2, true};  // an sm_90 with a1 SMs
     const TcKind kinds[2] = {tc ? kTcForward : kTcNone, tc ? kTcBackward : kTcNone};
     for (int dir = 0; dir < 2; ++dir) {
       PersistentPlan pl;
-      plan_persistent_layout(dev, Tn, B, H, sizeof(T), rowbytes[dir], kinds[dir], &pl);
+      plan_persistent_layout(dev, Tn, B, H, G, sizeof(T), rowbytes[dir], kinds[dir], &pl);
       if (!pl.ok) {
         std::printf("persistent plan does not fit: %s\n", pl.why);
         return 2;
@@ -167,19 +174,19 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
                   tc ? "persistent_tc" : "persistent", dir ? "bwd" : "fwd", pl.blocks, g.units,
                   g.bb, pl.smem);
       if (tc) {
-        const TcLayout L =
-            dir ? tc_bwd_layout(H, g.units, sizeof(T)) : tc_layout(H, g.units, sizeof(T));
+        const TcLayout L = dir ? tc_bwd_layout(H, g.units, G, sizeof(T))
+                               : tc_layout(H, g.units, G, sizeof(T));
         std::printf(", mpad %d kpad %d ld %d nsplit %d", L.mpad, L.kpad, L.ld, L.nsplit);
       }
       std::printf("\n");
       counter = 0;
       launch(dim3(pl.blocks), pl.smem, 1, [&](int, unsigned char* sm) {
         if constexpr (!std::is_same_v<T, float>) {  // tensor cores: 16-bit types only
-          if (tc && dir == 0) fwd_persistent_tc_body<T>(fp, g, sm);
-          if (tc && dir == 1) bwd_persistent_tc_body<T>(bp, g, sm);
+          if (tc && dir == 0) fwd_persistent_tc_body<Cell, T>(fp, g, sm);
+          if (tc && dir == 1) bwd_persistent_tc_body<Cell, T>(bp, g, sm);
         }
-        if (!tc && dir == 0) fwd_persistent_body<T>(fp, g, sm);
-        if (!tc && dir == 1) bwd_persistent_body<T>(bp, g, sm);
+        if (!tc && dir == 0) fwd_persistent_body<Cell, T>(fp, g, sm);
+        if (!tc && dir == 1) bwd_persistent_body<Cell, T>(bp, g, sm);
       });
     }
   } else {
@@ -198,48 +205,64 @@ int run(int Tn, int B, int H, bool packed, bool persistent, bool tc, int a1, int
                   dir ? "bwd" : "fwd", sp.grid_x, sp.grid_y, sp.units, sp.rows, sp.stage_rows);
       if (dir == 0)
         launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn, [&](int t, unsigned char* sm) {
-          fwd_step_body<T>(fp, t, sp.units, sp.rows, sp.stage_rows, sm);
+          fwd_step_body<Cell, T>(fp, t, sp.units, sp.rows, sp.stage_rows, sm);
         });
       else
         launch(dim3(sp.grid_x, sp.grid_y), sp.smem, Tn + 1, [&](int i, unsigned char* sm) {
-          bwd_step_body<T>(bp, Tn - 1 - i, sp.units, sp.rows, sp.stage_rows, sm);
+          bwd_step_body<Cell, T>(bp, Tn - 1 - i, sp.units, sp.rows, sp.stage_rows, sm);
         });
     }
   }
 
-  Ref r = reference<T>(Tn, B, H, x, w, h0, c0, packed ? &lengths : nullptr, dhs, dhT, dcT);
-  std::vector<char> inactive_h((size_t)Tn * B * H, 0), inactive_g((size_t)Tn * B * G, 0);
+  // The reference: forward from the inputs, backward from the kernels' saved tensors.
+  Problem P{Cell::kCode, Tn, B, H, to_double(x), to_double(w),
+            with_bias ? to_double(b_hn) : std::vector<double>(), to_double(h0),
+            has_c ? to_double(c0) : std::vector<double>(), to_double(dhs), to_double(dhT),
+            has_c ? to_double(dcT) : std::vector<double>(), packed ? &lengths : nullptr};
+  Ref r;
+  emu::forward(P, [](double v) { return (double)emu::tof(fromf<T>((float)v)); }, &r);
+  emu::backward(P, to_double(hs), to_double(cs), to_double(gates), &r);
+  std::vector<char> inactive_h(TBH, 0), inactive_g(TBH * G, 0);
   for (int t = 0; t < Tn; ++t)
     for (int b = 0; b < B; ++b)
       if (t >= lengths[b]) {
         std::fill_n(&inactive_h[((size_t)t * B + b) * H], H, 1);
-        std::fill_n(&inactive_g[((size_t)t * B + b) * G], G, 1);
+        std::fill_n(&inactive_g[((size_t)t * B + b) * G * H], G * H, 1);
       }
   bool ok = compare("hs", hs, r.hs, tol, &inactive_h);
   ok &= compare("hT", hT, r.hT, tol);
-  ok &= compare("cT", cT, r.cT, tol);
-  ok &= compare("cs", cs, r.cs, tol);
+  if (has_c) ok &= compare("cT", cT, r.cT, tol) & compare("cs", cs, r.cs, tol);
   ok &= compare("gates", gates, r.gates, tol);
   ok &= compare("dgates", dgates, r.dgates, tol * 4, &inactive_g);
   ok &= compare("dh0", dh0, r.dh0, tol * 4);
-  ok &= compare("dc0", dc0, r.dc0, tol * 4);
+  if (has_c) ok &= compare("dc0", dc0, r.dc0, tol * 4);
   return ok ? 0 : 1;
 }
 
-// `emu plan KIND T B H ELEM SMS SMEM CC`: the launchers' persistent plan (KIND fma_fwd,
+// The enum charlstm_cell code named `name` (gru0: the GRU without b_hn), or -1.
+int cell_code(const std::string& name) {
+  for (int c = CHARLSTM_CELL_LSTM; c <= CHARLSTM_CELL_RNN_RELU; ++c)
+    if (name == cell_name(c)) return c;
+  return name == "gru0" ? CHARLSTM_CELL_GRU : -1;
+}
+
+// `emu plan CELL KIND T B H ELEM SMS SMEM CC`: the launchers' persistent plan (KIND fma_fwd,
 // fma_bwd, tc_fwd or tc_bwd; ELEM bytes per element; CC compute capability as 80, 90, ...).
 int print_plan(int argc, char** argv) {
-  if (argc != 10) return 2;
-  const std::string kind = argv[2];
-  const int Tn = std::atoi(argv[3]), B = std::atoi(argv[4]), H = std::atoi(argv[5]);
-  const size_t elem = (size_t)std::atoi(argv[6]);
-  const DeviceLimits dev{0, std::atoi(argv[9]), std::atoi(argv[7]), std::atoi(argv[8]), true};
+  if (argc != 11) return 2;
+  const int cell = cell_code(argv[2]);
+  const std::string kind = argv[3];
+  const int Tn = std::atoi(argv[4]), B = std::atoi(argv[5]), H = std::atoi(argv[6]);
+  const size_t elem = (size_t)std::atoi(argv[7]);
+  const DeviceLimits dev{0, std::atoi(argv[10]), std::atoi(argv[8]), std::atoi(argv[9]), true};
+  if (cell < 0) return 2;
+  const int G = cell_gates(cell);
   TcKind tc = kTcNone;
-  size_t rowbytes = 0;
+  size_t rowbytes = 0;  // as kernels.cuh computes them
   if (kind == "fma_fwd")
     rowbytes = H * elem;
   else if (kind == "fma_bwd")
-    rowbytes = 4 * (size_t)H * sizeof(float);
+    rowbytes = (size_t)G * H * sizeof(float);
   else if (kind == "tc_fwd")
     tc = kTcForward;
   else if (kind == "tc_bwd")
@@ -247,13 +270,28 @@ int print_plan(int argc, char** argv) {
   else
     return 2;
   PersistentPlan pl;
-  plan_persistent_layout(dev, Tn, B, H, elem, rowbytes, tc, &pl);
+  plan_persistent_layout(dev, Tn, B, H, G, elem, rowbytes, tc, &pl);
   if (!pl.ok) {
     std::printf("unfit: %s\n", pl.why);
     return 0;
   }
   std::printf("ok: %d blocks x %d units, bb %d, smem %zu\n", pl.blocks, pl.geom.units, pl.geom.bb,
               pl.smem);
+  return 0;
+}
+
+// `emu cells`: each cell's name, gate count, saved blocks and whether it has c, from the
+// device cells (cells.cuh), which assert that they agree with launch_plan.h's table.
+template <class Cell>
+void print_cell() {
+  std::printf("%s %d %d %d\n", cell_name(Cell::kCode), Cell::kGates, Cell::kSaved,
+              Cell::kHasC ? 1 : 0);
+}
+int print_cells() {
+  print_cell<LstmCell>();
+  print_cell<GruCell>();
+  print_cell<RnnTanhCell>();
+  print_cell<RnnReluCell>();
   return 0;
 }
 
@@ -279,27 +317,51 @@ int print_paths(int argc, char** argv) {
 
 }  // namespace
 
+// Runs cell `kCell` in the dtype and path the arguments name.
+template <int kCell>
+int run_cell(const std::string& dt, int Tn, int B, int H, bool with_bias, bool packed,
+             const std::string& path, int a1, int a2, int a3) {
+  using Cell = typename CellOf<kCell>::type;
+  const bool tc = path == "persistent_tc";
+  const bool pers = path != "stepwise";
+  if (dt == "f32" && !tc)
+    return run<Cell, float>(Tn, B, H, with_bias, packed, pers, false, a1, a2, a3, 2e-5);
+  if (dt == "f16")
+    return run<Cell, __half>(Tn, B, H, with_bias, packed, pers, tc, a1, a2, a3, 4e-3);
+  if (dt == "bf16")
+    return run<Cell, __nv_bfloat16>(Tn, B, H, with_bias, packed, pers, tc, a1, a2, a3, 3e-2);
+  return 2;
+}
+
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "paths") return print_paths(argc, argv);
   if (argc >= 2 && std::string(argv[1]) == "plan") return print_plan(argc, argv);
-  if (argc != 10) {
+  if (argc == 2 && std::string(argv[1]) == "cells") return print_cells();
+  if (argc != 11) {
     std::fprintf(stderr,
-                 "usage: %s f32|f16|bf16 T B H PACKED persistent|stepwise|persistent_tc "
-                 "(SMS SMEM 0 | UNITS ROWS SMEM)\n"
+                 "usage: %s lstm|gru|gru0|rnn_tanh|rnn_relu f32|f16|bf16 T B H PACKED "
+                 "persistent|stepwise|persistent_tc (SMS SMEM 0 | UNITS ROWS SMEM)\n"
                  "       %s paths auto|persistent|stepwise|persistent_tc CAPTURING HALF B\n"
-                 "       %s plan fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n",
-                 argv[0], argv[0], argv[0]);
+                 "       %s plan CELL fma_fwd|fma_bwd|tc_fwd|tc_bwd T B H ELEM SMS SMEM CC\n"
+                 "       %s cells\n",
+                 argv[0], argv[0], argv[0], argv[0]);
     return 2;
   }
-  const std::string dt = argv[1], path = argv[6];
-  const int Tn = std::atoi(argv[2]), B = std::atoi(argv[3]), H = std::atoi(argv[4]);
-  const bool packed = std::atoi(argv[5]) != 0;
-  const int a1 = std::atoi(argv[7]), a2 = std::atoi(argv[8]), a3 = std::atoi(argv[9]);
+  const std::string cell = argv[1], dt = argv[2], path = argv[7];
+  const int Tn = std::atoi(argv[3]), B = std::atoi(argv[4]), H = std::atoi(argv[5]);
+  const bool packed = std::atoi(argv[6]) != 0;
+  const int a1 = std::atoi(argv[8]), a2 = std::atoi(argv[9]), a3 = std::atoi(argv[10]);
   if (path != "persistent" && path != "stepwise" && path != "persistent_tc") return 2;
-  const bool tc = path == "persistent_tc";
-  const bool pers = path != "stepwise";
-  if (dt == "f32" && !tc) return run<float>(Tn, B, H, packed, pers, false, a1, a2, a3, 2e-5);
-  if (dt == "f16") return run<__half>(Tn, B, H, packed, pers, tc, a1, a2, a3, 4e-3);
-  if (dt == "bf16") return run<__nv_bfloat16>(Tn, B, H, packed, pers, tc, a1, a2, a3, 3e-2);
-  return 2;
+  const bool bias = cell != "gru0";
+  switch (cell_code(cell)) {
+    case CHARLSTM_CELL_LSTM:
+      return run_cell<CHARLSTM_CELL_LSTM>(dt, Tn, B, H, false, packed, path, a1, a2, a3);
+    case CHARLSTM_CELL_GRU:
+      return run_cell<CHARLSTM_CELL_GRU>(dt, Tn, B, H, bias, packed, path, a1, a2, a3);
+    case CHARLSTM_CELL_RNN_TANH:
+      return run_cell<CHARLSTM_CELL_RNN_TANH>(dt, Tn, B, H, false, packed, path, a1, a2, a3);
+    case CHARLSTM_CELL_RNN_RELU:
+      return run_cell<CHARLSTM_CELL_RNN_RELU>(dt, Tn, B, H, false, packed, path, a1, a2, a3);
+    default: return 2;
+  }
 }

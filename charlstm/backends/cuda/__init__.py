@@ -1,4 +1,6 @@
-"""The ``cuda`` backend: persistent fused LSTM kernels in CUDA C++ (``csrc/``).
+"""The ``cuda`` backend: persistent fused recurrent kernels in CUDA C++ (``csrc/``), for every
+cell of the contract (LSTM, GRU, vanilla RNN with tanh or relu; the cell is a compile-time
+parameter of one kernel skeleton).
 
 ``auto`` never picks this backend; ask for it with ``backend="cuda"`` (the launcher's own
 choice per call) or a variant, ``cuda:persistent_tc|persistent|stepwise`` (:mod:`.paths`).
@@ -10,10 +12,10 @@ Exposes what the registry (:mod:`charlstm.backends`) expects of a kernel backend
 * ``variant_reason(variant, device, dtype)`` -- None when it can run, else a sentence saying why
   (e.g. "torch ... was built without CUDA", "no CUDA device is available", a CPU tensor,
   float64);
-* ``core(xproj, w_hh, h0, c0, lengths, variant) -> (hs, hT, cT)`` -- the differentiable
-  recurrent core (the ``charlstm::cuda_core_fwd``/``_bwd`` custom ops, :mod:`.ops`).  Only
-  defined where the backend can run; elsewhere reading it raises ``BackendUnavailable`` with
-  the reason.
+* ``core(xproj, w_hh, h0, c0, lengths, variant, *, cell, b_hn) -> (hs, hT, cT)`` -- the
+  differentiable recurrent core (the ``charlstm::cuda_core_fwd``/``_bwd`` custom ops,
+  :mod:`.ops`).  Only defined where the backend can run; elsewhere reading it raises
+  ``BackendUnavailable`` with the reason.
 
 Importing this package never compiles and never raises on a machine without CUDA; the
 extension is loaded, or JIT-built with ninja, on the first kernel call (:mod:`.build`).
