@@ -130,7 +130,9 @@ def test_bench_train_and_sample_end_to_end(tmp_path):
                               "--length", "3", "--reps", "1", "--dtypes", "float32"] + dev) == 0
     data, _ = _load(tmp_path, "bench_sample")
     names = {(r["backend"], r["batch"]) for r in data["rows"] if "error" not in r}
-    assert names == {(b, n) for b in ("plain-nn.LSTM", "torch", "reference") for n in (1, 3)}
+    rows = ("plain-nn.LSTM", "torch", "reference") + (
+        () if GPU else ("plain-nn.LSTM@1thread", "charlstm-sample"))
+    assert names == {(b, n) for b in rows for n in (1, 3)}
 
 
 @pytest.mark.skipif(GPU, reason="checks the no-GPU behaviour; on a GPU the script runs for real")

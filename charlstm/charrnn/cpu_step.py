@@ -111,31 +111,26 @@ class CpuStep:
         self._noise, self._noise_pos = None, 0
 
     @staticmethod
-    @torch.no_grad()
+    @torch.inference_mode()
     def _prepare(model, inv_temperature: float):
         """``(table [V, 4H], [W_0 [H, 4H], W_l [2H+1, 4H] ...], w_dec [H+1, V])`` as numpy."""
         H, rnn = model.rnn_size, model.rnn
-        order = torch.cat([torch.arange(2 * H, 3 * H), torch.arange(H, 2 * H),
-                           torch.arange(0, H), torch.arange(3 * H, 4 * H)])
-        half = torch.ones(4 * H)
-        half[H:] = 0.5                              # f, i, o rows: tanh(x/2) gives sigmoid
 
-        def gates(w: Tensor) -> Tensor:             # [.., 4H] columns in (g, f, i, o), halved
-            return w[..., order] * half
+        def gates_t(w: Tensor) -> np.ndarray:
+            """``[4H, K] -> [K, 4H]``: gate blocks in (g, f, i, o), the sigmoid ones halved."""
+            i, f, g, o = w.split(H)
+            return torch.cat([g, f * 0.5, i * 0.5, o * 0.5]).t().contiguous().numpy()
 
         def bias(l: int) -> Tensor:
-            return getattr(rnn, f"bias_ih_l{l}") + getattr(rnn, f"bias_hh_l{l}")
+            return (getattr(rnn, f"bias_ih_l{l}") + getattr(rnn, f"bias_hh_l{l}"))[:, None]
 
-        table = gates(F.linear(model.embed.weight, rnn.weight_ih_l0, bias(0)))
-        weights = [gates(rnn.weight_hh_l0.t())]
+        table = gates_t(torch.addmm(bias(0), rnn.weight_ih_l0, model.embed.weight.t()))
+        weights = [gates_t(rnn.weight_hh_l0)]
         for l in range(1, model.num_layers):
-            weights.append(gates(torch.cat([getattr(rnn, f"weight_ih_l{l}").t(), bias(l)[None],
-                                            getattr(rnn, f"weight_hh_l{l}").t()])))
-        w_dec = torch.cat([model.decoder.weight.t(), model.decoder.bias[None]]) * inv_temperature
-
-        def as_np(t: Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().to(torch.float32).numpy())
-        return as_np(table), [as_np(w) for w in weights], as_np(w_dec)
+            weights.append(gates_t(torch.cat([getattr(rnn, f"weight_ih_l{l}"), bias(l),
+                                              getattr(rnn, f"weight_hh_l{l}")], dim=1)))
+        w_dec = torch.cat([model.decoder.weight, model.decoder.bias[:, None]], dim=1)
+        return table, weights, np.ascontiguousarray((w_dec * inv_temperature).t().numpy())
 
     # ------------------------------------------------------------------ state
     def load_state(self, h: Tensor, c: Tensor) -> None:
@@ -154,10 +149,11 @@ class CpuStep:
     def forward(self, ids: np.ndarray) -> np.ndarray:
         """Feed ``ids [batch]``: advance the state one step and return ``logits / T``
         ``[batch, V]`` (a view of a buffer the next call overwrites)."""
+        row = self.table[ids[0]] if self.batch == 1 else self.table[ids]   # layer 0's input
         for l, (inp, w, z, sig, cg, fi, p, p0, p1, c, h, o) in enumerate(self._layers):
             np.matmul(inp, w, out=z)
             if l == 0:
-                z += self.table[ids[0]] if self.batch == 1 else self.table[ids]
+                z += row
             np.tanh(z, out=z)                       # tanh(g), tanh(f/2), tanh(i/2), tanh(o/2)
             sig *= 0.5
             sig += 0.5                              # sigmoid(f), sigmoid(i), sigmoid(o)
