@@ -166,3 +166,20 @@ def test_gpu_canary_script_runs_under_the_interpreter():
     p = subprocess.run([sys.executable, str(common.ROOT / "scripts" / "gpu_canary.py"),
                         "cuda-persistent"], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 2   # no GPU: "cannot run here", which the canary step does not count
+
+
+def test_finish_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypatch, capsys):
+    """A plot needing matplotlib, which is not installed: the results are written, the plot is
+    skipped with a note, the exit code is 0 (bench_lstm used to end in ModuleNotFoundError)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # `import matplotlib` now fails
+
+    def plot(png):
+        import matplotlib  # noqa: F401
+        return True
+
+    env = common.environment(torch.device("cpu"))
+    rc = common.finish("t", None, tmp_path, env, torch.device("cpu"), {}, [{"a": 1}],
+                       [("a", "a")], title="t", plot=plot)
+    assert rc == 0 and list(tmp_path.glob("t-*.json")) and list(tmp_path.glob("t-*.md"))
+    assert not list(tmp_path.glob("*.png"))
+    assert "no plot: matplotlib is not installed" in capsys.readouterr().out
