@@ -183,3 +183,14 @@ def test_finish_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypa
     assert rc == 0 and list(tmp_path.glob("t-*.json")) and list(tmp_path.glob("t-*.md"))
     assert not list(tmp_path.glob("*.png"))
     assert "no plot: matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_bench_cpu_auto_end_to_end(tmp_path):
+    """The script behind the CPU ``auto`` rule runs and records both backends and the pick."""
+    from benchmarks import bench_cpu_auto
+    assert bench_cpu_auto.main(["--seq", "1", "--batch", "1", "--hidden", "8", "512",
+                                "--modes", "fwd", "--threads-list", "1", "--reps", "1",
+                                "--out", str(tmp_path)]) == 0
+    data, _ = _load(tmp_path, "bench_cpu_auto")
+    assert [(r["hidden"], r["auto"]) for r in data["rows"]] == [(8, "torch"), (512, "reference")]
+    assert all(r["torch_ms"] > 0 and r["reference_ms"] > 0 for r in data["rows"])

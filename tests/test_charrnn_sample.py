@@ -304,3 +304,22 @@ def test_unusable_device_is_one_line_and_exit_2(ckpt, tmp_path, capsys, command,
     assert main(args + ["--device", device]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--device {device!r}" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- auto on a CPU
+def test_auto_on_cpu_per_shape():
+    """``auto`` on a CPU: ``reference`` for short calls of wide layers (measured faster; see
+    ``charlstm.backends._cpu_auto``), ``torch`` for training / eval shapes, narrow layers,
+    other dtypes and other devices."""
+    from charlstm.backends import resolve
+    cpu = torch.device("cpu")
+
+    def auto(T, B, H, dtype=torch.float32, device=cpu):
+        return resolve("auto", device, dtype, batch=B, hidden=H, seq_len=T)
+    assert auto(1, 1, 512) == auto(16, 1, 512) == auto(1, 64, 1024) == "reference"
+    assert auto(4, 1, 384) == "reference" and auto(16, 1, 384) == "torch"
+    assert auto(64, 1, 512) == auto(4, 64, 512) == "torch"
+    assert auto(50, 50, 128) == auto(50, 50, 512) == auto(1, 1, 128) == "torch"
+    assert auto(1, 1, 512, torch.bfloat16) == "torch"
+    assert auto(1, 1, 512, device=torch.device("cuda")) == "torch"
+    assert resolve("auto", cpu, torch.float32) == "torch"          # no shape given
