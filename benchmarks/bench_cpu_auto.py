@@ -52,6 +52,7 @@ def measure(T: int, B: int, H: int, mode: str, reps: int) -> tuple:
     """Median wall ms and median process-CPU ms of the torch and reference backends on one
     shape, interleaved: ``({name: wall_ms}, {name: cpu_ms})``."""
     import torch
+
     import charlstm
     torch.manual_seed(0)
     models = {"torch": charlstm.LSTM(H, H, backend="torch")}
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
 
     common.ensure_importable()
     import torch
+
     from charlstm.backends import _cpu_auto
     device = torch.device("cpu")
     env = common.environment(device)

@@ -70,7 +70,8 @@ class PlainCharRNN:
         self.embed = charrnn.embed
         self.decoder = charrnn.decoder
         self.lstm = nn.LSTM(rnn.input_size, rnn.hidden_size, rnn.num_layers, batch_first=True)
-        self.lstm = self.lstm.to(device=charrnn.decoder.weight.device, dtype=charrnn.decoder.weight.dtype)
+        w = charrnn.decoder.weight
+        self.lstm = self.lstm.to(device=w.device, dtype=w.dtype)
         with torch.no_grad():
             self.lstm.load_state_dict(rnn.state_dict())
         self.lstm.eval()
@@ -115,6 +116,7 @@ def one_thread(fn):
 def cpu_step_fn(model, batch: int, length: int, seed: int = 0):
     """What ``charlstm sample`` runs on a CPU: ``generate`` with the CPU step, no prime."""
     import torch
+
     from charlstm.charrnn.sample import generate
     gen = torch.Generator()
 
@@ -129,6 +131,7 @@ def sample_fn_graphed(model, batch: int, length: int, device, seed: int = 0):
     (``charlstm.charrnn.sample.GraphedStep``, what ``charlstm sample --cuda-graph`` runs); the
     capture happens here, outside the timed calls.  Each call starts from a zero state."""
     import torch
+
     from charlstm.charrnn.sample import GraphedStep
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -154,12 +157,13 @@ def parse_size(text: str) -> tuple:
     try:
         layers, hidden = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAYERSxHIDDEN such as 2x128, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected LAYERSxHIDDEN such as 2x128, got {text!r}") from None
     return layers, hidden
 
 
 def flops_per_char(layers: int, hidden: int, vocab: int) -> float:
-    """The model's multiply-adds x 2 per character: each layer ``4H x 2H``, the decoder ``H x V``."""
+    """2 x the model's multiply-adds per character: ``4H x 2H`` per layer, ``H x V`` decoder."""
     return 2.0 * (layers * 8 * hidden * hidden + hidden * vocab)
 
 
@@ -199,6 +203,7 @@ def run_cpu(args, CharRNN, device, length: int, reps: int) -> tuple:
     batches = args.batches or CPU_BATCHES
     threads = torch.get_num_threads()
     for layers, hidden in sizes:
+        flop = flops_per_char(layers, hidden, args.vocab)
         torch.manual_seed(0)
         model = CharRNN(args.vocab, hidden, layers).eval()
         plain = PlainCharRNN(model)
@@ -212,7 +217,7 @@ def run_cpu(args, CharRNN, device, length: int, reps: int) -> tuple:
                 fns[name] = sample_fn(m, batch, length, args.vocab, device)
             times = time_interleaved(fns, reps)
             wall = {n: statistics.median(w) for n, (w, _) in times.items()}
-            for name, (w, c) in times.items():
+            for name, (_, c) in times.items():
                 row = dict(backend=name, dtype="float32", batch=batch, length=length,
                            rnn_size=hidden, num_layers=layers, reps=reps, timer="perf_counter",
                            threads=1 if name in (BASELINE_1T, CPU_STEP) else threads,
@@ -222,7 +227,7 @@ def run_cpu(args, CharRNN, device, length: int, reps: int) -> tuple:
                            cpu_per_wall=statistics.median(c) / wall[name],
                            speedup_vs_plain=wall[BASELINE] / wall[name],
                            speedup_vs_plain_1t=wall[BASELINE_1T] / wall[name])
-                row["gflops"] = row["chars_per_s"] * flops_per_char(layers, hidden, args.vocab) / 1e9
+                row["gflops"] = row["chars_per_s"] * flop / 1e9
                 if name == CPU_STEP:
                     row["setup_ms"] = setup_ms(model, batch)
                 rows.append(row)
@@ -236,6 +241,7 @@ def run_gpu(args, CharRNN, device, length: int, reps: int) -> tuple:
     import torch
     rows, notes = [], []
     layers, hidden = (args.sizes or [(2, 128)])[0]
+    flop = flops_per_char(layers, hidden, args.vocab)
     dtypes = args.dtypes or ["float32", "bfloat16", "float16"]
     for dname in dtypes:
         dtype = common.parse_dtype(dname)
@@ -266,13 +272,14 @@ def run_gpu(args, CharRNN, device, length: int, reps: int) -> tuple:
                 row.update(median_ms=r["median_ms"], timer=r["timer"], reps=r["reps"],
                            chars_per_s=batch * length / (r["median_ms"] * 1e-3),
                            us_per_step=r["median_ms"] * 1e3 / length)
-                row["gflops"] = row["chars_per_s"] * flops_per_char(layers, hidden, args.vocab) / 1e9
+                row["gflops"] = row["chars_per_s"] * flop / 1e9
                 if name == BASELINE:
                     plain_ms = r["median_ms"]
                 if plain_ms:
                     row["speedup_vs_plain"] = plain_ms / r["median_ms"]
                 rows.append(row)
-                print(f"{name} {row['dtype']} B={batch}: {row['chars_per_s']:.0f} chars/s", flush=True)
+                print(f"{name} {row['dtype']} B={batch}: {row['chars_per_s']:.0f} chars/s",
+                      flush=True)
     return rows, notes
 
 
@@ -318,7 +325,7 @@ def main(argv=None) -> int:
                        "charlstm-sample: generate() with the CPU step",
                   baseline="nn.Embedding + torch.nn.LSTM + nn.Linear with the same weights",
                   flops_per_char="2 * (8 H^2 per layer + H V)")
-    config["sizes"] = [f"{l}x{h}" for l, h in (args.sizes or [])] or None
+    config["sizes"] = [f"{n}x{h}" for n, h in (args.sizes or [])] or None
     if not gpu:
         notes.append(f"Rows of one configuration timed interleaved; torch threads "
                      f"{env['torch_threads']} for {BASELINE} and the --backends rows, 1 for "

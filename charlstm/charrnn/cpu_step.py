@@ -38,7 +38,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .draw import filter_logits_
@@ -100,12 +99,12 @@ class CpuStep:
         self.R = [np.zeros((batch, 5 * H), np.float32) for _ in range(L)]
         self.logits = np.empty((batch, V), np.float32)
         self._layers = []
-        for l in range(L):
-            R, P = self.R[l], np.empty((batch, 2 * H), np.float32)
-            inp = self.X[:, :H] if l == 0 else self.X[:, (l - 1) * S:l * S + H]
-            self._layers.append((inp, weights[l], R[:, H:], R[:, 2 * H:], R[:, :2 * H],
+        for k in range(L):
+            R, P = self.R[k], np.empty((batch, 2 * H), np.float32)
+            inp = self.X[:, :H] if k == 0 else self.X[:, (k - 1) * S:k * S + H]
+            self._layers.append((inp, weights[k], R[:, H:], R[:, 2 * H:], R[:, :2 * H],
                                  R[:, 2 * H:4 * H], P, P[:, :H], P[:, H:], R[:, :H],
-                                 self.X[:, l * S:l * S + H], R[:, 4 * H:]))
+                                 self.X[:, k * S:k * S + H], R[:, 4 * H:]))
         self._dec_in = self.X[:, (L - 1) * S:L * S]
         self._noise_steps = max(1, min(length, NOISE_BLOCK // (batch * V)))
         self._noise, self._noise_pos = None, 0
@@ -121,23 +120,23 @@ class CpuStep:
             i, f, g, o = w.split(H)
             return torch.cat([g, f * 0.5, i * 0.5, o * 0.5]).t().contiguous().numpy()
 
-        def bias(l: int) -> Tensor:
-            return (getattr(rnn, f"bias_ih_l{l}") + getattr(rnn, f"bias_hh_l{l}"))[:, None]
+        def bias(k: int) -> Tensor:
+            return (getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))[:, None]
 
         table = gates_t(torch.addmm(bias(0), rnn.weight_ih_l0, model.embed.weight.t()))
         weights = [gates_t(rnn.weight_hh_l0)]
-        for l in range(1, model.num_layers):
-            weights.append(gates_t(torch.cat([getattr(rnn, f"weight_ih_l{l}"), bias(l),
-                                              getattr(rnn, f"weight_hh_l{l}")], dim=1)))
+        for k in range(1, model.num_layers):
+            weights.append(gates_t(torch.cat([getattr(rnn, f"weight_ih_l{k}"), bias(k),
+                                              getattr(rnn, f"weight_hh_l{k}")], dim=1)))
         w_dec = torch.cat([model.decoder.weight, model.decoder.bias[:, None]], dim=1)
         return table, weights, np.ascontiguousarray((w_dec * inv_temperature).t().numpy())
 
     # ------------------------------------------------------------------ state
     def load_state(self, h: Tensor, c: Tensor) -> None:
         """Set ``(h, c)`` from tensors ``[num_layers, batch or 1, rnn_size]``."""
-        for l, lay in enumerate(self._layers):
-            lay[10][...] = h[l].detach().float().numpy()
-            lay[9][...] = c[l].detach().float().numpy()
+        for k, lay in enumerate(self._layers):
+            lay[10][...] = h[k].detach().float().numpy()
+            lay[9][...] = c[k].detach().float().numpy()
 
     def state(self) -> tuple[Tensor, Tensor]:
         """A copy of ``(h, c)``, each ``[num_layers, batch, rnn_size]`` float32."""
@@ -150,9 +149,9 @@ class CpuStep:
         """Feed ``ids [batch]``: advance the state one step and return ``logits / T``
         ``[batch, V]`` (a view of a buffer the next call overwrites)."""
         row = self.table[ids[0]] if self.batch == 1 else self.table[ids]   # layer 0's input
-        for l, (inp, w, z, sig, cg, fi, p, p0, p1, c, h, o) in enumerate(self._layers):
+        for k, (inp, w, z, sig, cg, fi, p, p0, p1, c, h, o) in enumerate(self._layers):
             np.matmul(inp, w, out=z)
-            if l == 0:
+            if k == 0:
                 z += row
             np.tanh(z, out=z)                       # tanh(g), tanh(f/2), tanh(i/2), tanh(o/2)
             sig *= 0.5

@@ -57,7 +57,7 @@ class GraphedStep:
         self.state[1].copy_(c)
         self.ids.copy_(nxt.view(-1, 1))
 
-    def capture(self) -> "GraphedStep":
+    def capture(self) -> GraphedStep:
         """Warm up on a side stream (as CUDA graph capture requires), then capture one step.
         The warm-up steps are undone (ids and state restored) so that the generated text
         starts where eager sampling would -- except for the generator, which the warm-up has
