@@ -235,6 +235,18 @@ def test_stop_at_ends_each_sample_at_its_first_occurrence(ckpt):
     assert len(got[0]) <= 65
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+def test_stop_rules_across_chunk_boundaries(chunk):
+    from charlstm.charrnn.sample import _Stops
+    text = "ab\ncd--x\nef--\ngh\n"
+    for stop_at, lines, want in [("--", None, "ab\ncd--"), (None, 2, "ab\ncd--x\n"),
+                                 ("--", 1, "ab\n"), ("f-", 3, "ab\ncd--x\nef-"),
+                                 ("zz", None, text), (None, 9, text)]:
+        stops = _Stops(1, stop_at, lines)
+        fed = "".join(stops.feed(0, text[i:i + chunk]) for i in range(0, len(text), chunk))
+        assert fed == stops.texts[0] == want and stops.done[0] == (want != text), (stop_at, lines)
+
+
 def test_lines_ends_after_the_nth_newline_and_streams_what_it_returns(ckpt):
     out = io.StringIO()
     (text,) = sample(ckpt, length=3000, seed=1, lines=3, prime="ab", stream=out)

@@ -202,35 +202,42 @@ def generate(model, prime_ids: Optional[Tensor], length: int, *, num_samples: in
 class _Stops:
     """Where each sample ends: after ``stop_at`` first appears in its generated text, or after
     its ``lines``-th newline, whichever comes first (the text keeps the stop string / newline).
-    Holds each sample's text; :meth:`feed` appends a decoded chunk and returns the part of it
-    that belongs to the sample (all of it until the stop, then nothing)."""
+    Holds each sample's text (as pieces: appending stays linear in the length); :meth:`feed`
+    appends a decoded chunk and returns the part of it that belongs to the sample (all of it
+    until the stop, then nothing)."""
 
     def __init__(self, n: int, stop_at: Optional[str], lines: Optional[int]) -> None:
         self.stop_at, self.lines = stop_at, lines
-        self.texts = [""] * n
+        self.pieces: list[list[str]] = [[] for _ in range(n)]
+        self.tails = [""] * n       # the last len(stop_at) - 1 characters, for a straddling stop
         self.newlines = [0] * n
         self.done = [False] * n
+
+    @property
+    def texts(self) -> list[str]:
+        return ["".join(p) for p in self.pieces]
 
     def feed(self, k: int, new: str) -> str:
         if self.done[k]:
             return ""
-        old = self.texts[k]
         end = None
         if self.stop_at:
-            at = (old + new).find(self.stop_at, max(0, len(old) - len(self.stop_at) + 1))
+            tail = self.tails[k]
+            at = (tail + new).find(self.stop_at)
             if at >= 0:
-                end = at + len(self.stop_at) - len(old)
+                end = at + len(self.stop_at) - len(tail)
+            self.tails[k] = (tail + new)[len(tail + new) - len(self.stop_at) + 1:]
         if self.lines is not None:
-            need = self.lines - self.newlines[k]
-            pos = -1
-            for _ in range(min(need, new.count("\n"))):
-                pos = new.index("\n", pos + 1)
-            if need <= new.count("\n") and (end is None or pos + 1 < end):
-                end = pos + 1
+            need, have = self.lines - self.newlines[k], new.count("\n")
+            if need <= have:
+                pos = -1
+                for _ in range(need):
+                    pos = new.index("\n", pos + 1)
+                end = pos + 1 if end is None else min(end, pos + 1)
             self.newlines[k] += new.count("\n", 0, end)
         if end is not None:
             new, self.done[k] = new[:end], True
-        self.texts[k] = old + new
+        self.pieces[k].append(new)
         return new
 
 
