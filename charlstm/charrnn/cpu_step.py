@@ -27,10 +27,11 @@ written in place, where the next layer and the next step read it) and per layer
 ``[c, g] * [f, i]`` is one call and ``c' = c*f + g*i`` one more).
 
 Draws: Gumbel-max -- ``argmax(logits / T + G)`` with ``G = -log(-log(U))``, ``U`` uniform from
-``torch.rand`` on the given generator, made in chunks of many steps at once -- is an exact draw
-from ``softmax(logits / T)`` and costs one add and one argmax per step (a cumulative-sum search
-costs ~4x more, ``torch.multinomial`` ~10x).  ``top_k`` / ``top_p`` first mask the logits to
-``-inf`` with the same function the model path uses (:func:`.draw.filter_logits_`).
+``torch.rand`` on the given generator, made in blocks of many steps at once -- is an exact draw
+from ``softmax(logits / T)`` and costs one add and one argmax per step (~1 us at V = 65; a
+numpy cumulative-sum search ~5 us, ``torch.softmax`` + ``torch.multinomial`` ~15 us).
+``top_k`` / ``top_p`` first mask the logits to ``-inf`` with the same function the model path
+uses (:func:`.draw.filter_logits_`).
 """
 from __future__ import annotations
 
