@@ -477,8 +477,13 @@ def finish(script: str, tag, out_dir, env: dict, device, config: dict, rows: Seq
     paths = write_results(out, name, env, config, rows, columns, title=title, notes=notes)
     if plot is not None:
         png = out / f"{name}.png"
-        if plot(png):
-            paths["png"] = str(png)
+        try:
+            if plot(png):
+                paths["png"] = str(png)
+        except ModuleNotFoundError as e:   # matplotlib is optional (the `plot` extra)
+            if (e.name or "").split(".")[0] != "matplotlib":
+                raise
+            notes.append(f"no plot: matplotlib is not installed ({e}); pip install matplotlib")
     print_table(rows, columns)
     for n in notes:
         print(n)

@@ -136,7 +136,9 @@ def test_bench_train_and_sample_end_to_end(tmp_path):
                               "--length", "3", "--reps", "1", "--dtypes", "float32"] + dev) == 0
     data, _ = _load(tmp_path, "bench_sample")
     names = {(r["backend"], r["batch"]) for r in data["rows"] if "error" not in r}
-    assert names == {(b, n) for b in ("plain-nn.LSTM", "torch", "reference") for n in (1, 3)}
+    rows = ("plain-nn.LSTM", "torch", "reference") + (
+        () if GPU else ("plain-nn.LSTM@1thread", "charlstm-sample"))
+    assert names == {(b, n) for b in rows for n in (1, 3)}
 
 
 def test_gpu_canary_script_runs_under_the_interpreter():
@@ -159,3 +161,31 @@ def test_gpu_canary_script_runs_under_the_interpreter():
                        timeout=120, env=env)
     assert p.returncode == 77, p.stdout + p.stderr   # no GPU: "cannot run here", not a failure
     assert p.stdout.strip().splitlines()[-1].startswith("cuda:persistent cannot run here: ")
+
+
+def test_finish_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypatch, capsys):
+    """A plot needing matplotlib, which is not installed: the results are written, the plot is
+    skipped with a note, the exit code is 0 (bench_lstm used to end in ModuleNotFoundError)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # `import matplotlib` now fails
+
+    def plot(png):
+        import matplotlib  # noqa: F401
+        return True
+
+    env = common.environment(torch.device("cpu"))
+    rc = common.finish("t", None, tmp_path, env, torch.device("cpu"), {}, [{"a": 1}],
+                       [("a", "a")], title="t", plot=plot)
+    assert rc == 0 and list(tmp_path.glob("t-*.json")) and list(tmp_path.glob("t-*.md"))
+    assert not list(tmp_path.glob("*.png"))
+    assert "no plot: matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_bench_cpu_auto_end_to_end(tmp_path):
+    """The script behind the CPU ``auto`` rule runs and records both backends and the pick."""
+    from benchmarks import bench_cpu_auto
+    assert bench_cpu_auto.main(["--seq", "1", "--batch", "1", "--hidden", "8", "512",
+                                "--modes", "fwd", "--threads-list", "1", "--reps", "1",
+                                "--out", str(tmp_path)]) == 0
+    data, _ = _load(tmp_path, "bench_cpu_auto")
+    assert [(r["hidden"], r["auto"]) for r in data["rows"]] == [(8, "torch"), (512, "reference")]
+    assert all(r["torch_ms"] > 0 and r["reference_ms"] > 0 for r in data["rows"])

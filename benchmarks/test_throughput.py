@@ -1,4 +1,5 @@
-"""Throughput regression tests (pytest-benchmark): forward and forward+backward per backend.
+"""Throughput regression tests (pytest-benchmark): forward and forward+backward per backend,
+and the char-rnn CPU sampling step.
 
 Not part of the unit tests: nothing here asserts a time.  pytest-benchmark records the timings;
 a slowdown is found by comparing against a baseline saved on the same kind of machine::
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +91,43 @@ def test_lstm_throughput(benchmark, variant, mode, size):
     if mode != "fwd":
         assert x.grad is not None and x.grad.shape == x.shape and torch.isfinite(x.grad).all()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# (layers, hidden, batch): the char-rnn CPU sampling step (charlstm.charrnn.cpu_step.CpuStep)
+SAMPLE_SIZES = [(2, 128, 1), (2, 128, 16), (3, 512, 1)]
+SAMPLE_STEPS = 200
+
+
+@pytest.mark.parametrize("size", SAMPLE_SIZES, ids=lambda s: f"{s[0]}x{s[1]}-B{s[2]}")
+def test_sample_step_throughput(benchmark, size):
+    """``SAMPLE_STEPS`` characters of ``charlstm sample``'s CPU step (numpy, one thread):
+    feed, draw at temperature 1, feed back.  Runs on the CPU on every machine (it is the CPU
+    path); ``extra_info`` holds the characters per call for a characters/s figure."""
+    from charlstm.charrnn import CharRNN
+    from charlstm.charrnn.cpu_step import CpuStep
+    L, H, B = size
+    V = 65
+    torch.manual_seed(0)
+    model = CharRNN(V, H, L).eval()
+    step = CpuStep(model, B, generator=torch.Generator().manual_seed(0), length=SAMPLE_STEPS)
+    benchmark.group = f"sample step {L}x{H} B={B} on cpu"
+    benchmark.extra_info.update(layers=L, hidden=H, batch=B, chars_per_call=B * SAMPLE_STEPS)
+
+    def run():
+        ids = np.zeros(B, np.int64)
+        seen = np.zeros(V, bool)
+        for _ in range(SAMPLE_STEPS):
+            ids = step(ids)
+            seen[ids] = True
+        return ids, seen
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ids, seen = benchmark(run)
+    finally:
+        torch.set_num_threads(before)
+    h, c = step.state()
+    assert ids.shape == (B,) and 0 <= ids.min() and ids.max() < V
+    assert seen.sum() > 10, "the draws should visit many characters of an untrained model"
+    assert torch.isfinite(h).all() and torch.isfinite(c).all() and h.abs().max() <= 1

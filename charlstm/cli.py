@@ -91,16 +91,31 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
-    p.add_argument("--length", type=int, default=2000, help="characters to generate")
+    p.add_argument("--length", type=int, default=2000,
+                   help="characters to generate (at most, with --stop-at / --lines)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None,
+                   help="draw among the k likeliest characters")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: draw among the likeliest characters holding this "
+                        "much probability (after --top-k)")
     p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--prime-file", default=None, metavar="FILE",
+                   help="UTF-8 file whose text is the prime (instead of --prime)")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="drop prime characters not in the vocabulary (with a note) instead of "
+                        "stopping with an error")
+    p.add_argument("--stop-at", default=None, metavar="STRING",
+                   help="end a sample when STRING appears in its generated text (kept)")
+    p.add_argument("--lines", type=int, default=None, metavar="N",
+                   help="end a sample after its N-th generated newline")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--argmax", action="store_true", help="always take the likeliest character")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (a batch)")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR,
-                   help="charlstm.LSTM backend (whatever trained the checkpoint)")
+                   help="charlstm.LSTM backend (whatever trained the checkpoint); on a CPU "
+                        "auto samples with the CPU step (docs/charrnn.md)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="on a GPU, replay each step from a CUDA graph (less launch overhead; "
                         "falls back to eager steps with a warning if capture fails)")

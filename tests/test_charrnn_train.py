@@ -81,9 +81,11 @@ def test_sample_length_vocab_and_streaming(trained):
     many = sample(d / "ck" / "best.pt", length=80, num_samples=3, seed=2)
     assert len(many) == 3 and all(len(t) == 80 and set(t) <= set(text) for t in many)
     assert len(set(many)) > 1
-    # the model learned the grammar: most sampled words are words of the corpus
+    # the model learned the grammar: most sampled words are words of the corpus (pooled over
+    # 8 samples: one 200-character sample scores 0.59-0.9 depending on the seed, 8 ~0.76)
     words = set(text.split())
-    sampled = s.split()[1:-1]
+    pooled = sample(d / "ck", length=200, prime="the ", num_samples=8, seed=1)
+    sampled = [w for t in pooled for w in t.split()[1:-1]]
     assert sum(w in words for w in sampled) >= 0.7 * len(sampled)
 
 

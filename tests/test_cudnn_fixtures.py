@@ -26,7 +26,7 @@ the stored inputs upcast to float64.
 Under the Triton interpreter (no GPU) the triton backend's T=512 case is marked ``slow``
 (:data:`INTERPRETER_SLOW`): it runs unless deselected with ``-m "not slow"``.
 
-``CHARLSTM_CUDNN_FIXTURES=DIR`` points the tests at other fixture files (``scripts/gpu_check.sh``
+``CHARLSTM_CUDNN_FIXTURES=DIR`` points the tests at other fixture files (``scripts/gpu_check.py``
 uses it to test freshly generated cuDNN fixtures before they are committed).
 """
 from __future__ import annotations

@@ -353,16 +353,20 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
     * a bare ``triton``/``cuda``: the backend's own choice -- ``"triton:<schedule>"``, or
       ``"cuda"`` when its kernels decide per call (the C++ ``auto`` rule; :func:`last_run`
       says what ran), never a disabled variant;
-    * ``auto`` (written down from measurements; until a kernel backend has GPU benchmark results
-      that beat cuDNN for a shape, ``auto`` does not pick it): ``torch`` on CPU (its native CPU
-      LSTM beats a Python-level loop and the Triton interpreter) and on CUDA (cuDNN).
+    * ``auto``, written down from measurements:
+
+      * CPU, float32: per shape, :func:`_cpu_auto` (``reference`` for short calls of wide
+        layers, ``torch`` otherwise); other dtypes ``torch``;
+      * CUDA: ``torch`` (cuDNN).  Until a kernel backend has GPU benchmark results that beat
+        cuDNN for a shape, ``auto`` does not pick it (none has run on a GPU yet).
 
     ``cell``: the layer's cell (:data:`charlstm.backends.contract.CELLS`); a backend that does
     not implement it is unavailable for it.
     """
     canonical = validate_name(name)
     if canonical == "auto":
-        return "torch"
+        cpu = device.type == "cpu" and dtype == torch.float32
+        return _cpu_auto(batch, hidden, seq_len) if cpu else "torch"
     why = unavailable_reason(canonical, device, dtype, cell)
     if why:
         raise BackendUnavailable(f"charlstm backend {canonical!r} is unavailable: {why}")
@@ -370,6 +374,39 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
         choice = _own_choice(canonical, device, dtype)[0]
         return f"{canonical}:{choice}" if choice else canonical
     return canonical
+
+
+def _cpu_auto(batch: int, hidden: int, seq_len: int) -> str:
+    """``auto`` on a CPU (float32): ``reference`` for short calls of wide layers, else ``torch``.
+
+    torch's CPU LSTM (oneDNN) pays a cost per call that grows with the weights and then runs
+    each step cheaply; the ``reference`` backend pays nothing per call and ~0.1-0.2 ms per step
+    (one small matrix product and a few elementwise ops).  So a short call of a wide layer --
+    a sampling or streaming step, a short prime -- is faster on ``reference``, while training
+    and ``eval`` shapes (T = 50, B = 50) stay on ``torch``.  The rule, with ``work = seq_len *
+    max(batch, 4)``: ``reference`` when ``hidden >= 512`` and ``work <= 64``, or ``hidden >=
+    384`` and ``work <= 16``.
+
+    Measured with ``python benchmarks/bench_cpu_auto.py --threads-list 1 --metric cpu``
+    (2026-11-28, 2-core AMD EPYC VM shared with other jobs, torch 2.13.0+cpu, one layer, process
+    CPU ms, torch / reference; docs/benchmarks.md has the whole table):
+
+    * H = 512, forward: T=1 B=1 6.17 / 1.41; T=1 B=64 8.34 / 4.82; T=4 B=16 8.28 / 5.49; T=16
+      B=1 7.67 / 3.96; beyond the rule T=4 B=64 16.4 / 17.3, T=64 B=1 7.44 / 11.3.
+      Forward + backward: T=1 B=1 7.69 / 3.55; T=16 B=1 12.3 / 11.9; T=1 B=64 14.4 / 14.8.
+    * H = 1024, forward: T=1 B=1 21.3 / 3.23; T=4 B=16 40.4 / 29.8; beyond, T=16 B=16 82.7 /
+      91.1.  H = 384: T=1 B=1 2.74 / 1.22; T=4 B=1 1.49 / 1.25; beyond, T=16 B=1 2.47 / 3.39.
+    * H <= 256 (torch everywhere but near-ties): H=128 T=1 B=1 0.17 / 0.21 forward, 0.72 /
+      0.77 forward + backward; the char-rnn training shape (T=64 B=64 H=128) 38.7 / 61.7.
+
+    At torch's default thread count (2 here) oneDNN's per-call cost was larger still, but the
+    shared machine was too loaded for those timings to mean anything; this rule is the
+    one-thread one.  Other dtypes are not measured: ``torch``.
+    """
+    work = seq_len * max(batch, 4)
+    if (hidden >= 512 and work <= 64) or (hidden >= 384 and work <= 16):
+        return "reference"
+    return "torch"
 
 
 def core_for(name: str):
