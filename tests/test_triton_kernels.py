@@ -655,63 +655,13 @@ def test_torch_compile_fullgraph():
 
 
 # ----------------------------------------------------------------------------- GPU compile
-_COMPILE_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ.pop("TRITON_INTERPRET", None)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from charlstm.backends.triton.forward import lstm_fwd_kernel
-    from charlstm.backends.triton.backward import lstm_bwd_kernel
-
-    out_dir = sys.argv[1]
-
-    def sig(kernel, dt, fp32_ptrs):
-        out = {}
-        for prm in kernel.params:
-            n = prm.name
-            if prm.is_constexpr:
-                out[n] = "constexpr"
-            elif n == "len_ptr":
-                out[n] = "*i32"
-            elif n == "sync_ptr":
-                out[n] = "*i64"
-            elif n.endswith("_ptr"):
-                out[n] = "*fp32" if n in fp32_ptrs else "*" + dt
-            else:
-                out[n] = "i32"
-        return out
-
-    target = GPUTarget("cuda", 90, 32)
-    blocks = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
-    for dt, has_len, sync in (("fp32", False, False), ("fp16", True, False),
-                              ("bf16", True, False), ("fp32", False, True),
-                              ("fp16", True, True), ("bf16", True, True)):
-        prec = "ieee" if dt == "fp32" else "tf32"
-        blocks.update(GRID_SYNC=sync, XCACHE=".cg" if sync else "")
-        # the persistent variants: an 8-wide tile with W_hh register-resident (H <= 256)
-        fblocks = dict(blocks, BLOCK_H=8, BLOCK_K=256, W_RESIDENT=True) if sync else \\
-            dict(blocks, W_RESIDENT=False)
-        fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
-                                        **fblocks))
-        bwd = ASTSource(lstm_bwd_kernel, sig(lstm_bwd_kernel, dt, {"cs_ptr", "gates_ptr",
-                        "dhbuf_ptr", "dcbuf_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
-                                        **blocks))
-        for name, src in (("fwd", fwd), ("bwd", bwd)):
-            # run_schedule launches the barrier grids cooperatively: compile them that way
-            k = triton.compile(src, target=target, options=dict(
-                num_warps=4, num_stages=2, launch_cooperative_grid=sync))
-            assert len(k.asm["cubin"]) > 0
-            stem = os.path.join(out_dir, f"{name}-{dt}-{'sync' if sync else 'plain'}")
-            with open(stem + ".ptx", "w") as f:
-                f.write(k.asm["ptx"])
-            with open(stem + ".json", "w") as f:
-                json.dump({"launch_cooperative_grid":
-                           getattr(k.metadata, "launch_cooperative_grid", None)}, f)
-            print(name, dt, "ok")
-""")
+SM90_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "scripts", "triton_sm90.py")
+#: (kernel, cell, dtype) of the barrier (persistent-schedule) builds of scripts/triton_sm90.py's
+#: test set: every cell, float32 and bfloat16 between them
+SYNC_BUILDS = [(k, c, d) for k in ("fwd", "bwd") for c, d in (
+    ("lstm", "fp32"), ("lstm", "bf16"), ("gru", "fp32"), ("gru", "bf16"), ("rnn_tanh", "bf16"),
+    ("rnn_relu", "fp32"))]
 
 
 def _has_nvidia_compiler() -> bool:
@@ -725,22 +675,27 @@ def _has_nvidia_compiler() -> bool:
 
 @pytest.fixture(scope="module")
 def sm90_build(tmp_path_factory):
-    """Both kernels compiled ahead of time for sm_90 (no GPU needed) in every dtype, with and
-    without ``lengths``, with and without the persistent schedule's grid barrier: a folder of
-    ``{fwd,bwd}-{dtype}-{sync,plain}.ptx`` and ``.json`` (compiled-kernel metadata)."""
+    """Both kernels compiled ahead of time for sm_90 (no GPU needed) by scripts/triton_sm90.py's
+    test set: the LSTM in every dtype, with and without ``lengths``, with and without the
+    persistent schedule's grid barrier; the GRU and the RNNs with the barrier (float32 and
+    bfloat16 between them).  A folder of ``{fwd,bwd}-<cell>-<dtype>-{sync,plain}.ptx`` and
+    ``.json`` (compiled-kernel metadata)."""
     if not _has_nvidia_compiler():
         pytest.skip("Triton's NVIDIA backend (ptxas) is absent")
     out = tmp_path_factory.mktemp("sm90")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(out)], env=_subprocess_env(),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, SM90_SCRIPT, str(out), "--set", "test"],
+                       env=_subprocess_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.count("ok") == 12
+    assert r.stdout.count(" ok") == 20
     return out
 
 
 def test_kernels_compile_for_sm90(sm90_build):
-    """Every variant compiled to a cubin (the fixture asserts it) and left its PTX."""
-    assert len(list(sm90_build.glob("*.ptx"))) == 12
+    """Every build compiled to a cubin (the script checks it) and left its PTX: each cell's
+    specialisation of both kernels."""
+    names = {p.stem for p in sm90_build.glob("*.ptx")}
+    assert len(names) == 20
+    assert {n.split("-")[1] for n in names} == set(CELLS)
 
 
 def _loops(ptx: str) -> list:
@@ -757,13 +712,13 @@ def _loops(ptx: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, dtype):
-    """The grid barrier as compiled for sm_90: per step one arrival (an acq_rel atomic add on
-    the 64-bit counter, from one thread); a poll loop that sleeps and does exactly one acquire
-    load and no atomic per round; no other atomics and no acquire anywhere else."""
-    ptx = (sm90_build / f"{kernel}-{dtype}-sync.ptx").read_text()
+@pytest.mark.parametrize("kernel,cell,dtype", SYNC_BUILDS, ids="-".join)
+def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, cell, dtype):
+    """The grid barrier as compiled for sm_90, in every cell's specialisation: per step one
+    arrival (an acq_rel atomic add on the 64-bit counter, from one thread); a poll loop that
+    sleeps and does exactly one acquire load and no atomic per round; no other atomics and no
+    acquire anywhere else."""
+    ptx = (sm90_build / f"{kernel}-{cell}-{dtype}-sync.ptx").read_text()
     atomics = re.findall(r"\b(?:atom|red)\.[\w.]+", ptx)
     assert atomics == ["atom.global.gpu.acq_rel.add.u64"], atomics
     acquires = re.findall(r"\bld\.[\w.]*acquire[\w.]*", ptx)
@@ -777,8 +732,9 @@ def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, d
     assert not any(re.search(r"\bmma\b|wgmma|st\.global", ln) for ln in poll), poll
     # one thread polls: the load is predicated
     assert all(ln.startswith("@") for ln in poll if "acquire" in ln), poll
-    plain = (sm90_build / f"{kernel}-{dtype}-plain.ptx").read_text()
-    assert not re.search(r"\b(?:atom|red)\.|acquire|nanosleep", plain)
+    if cell == "lstm":
+        plain = (sm90_build / f"{kernel}-{cell}-{dtype}-plain.ptx").read_text()
+        assert not re.search(r"\b(?:atom|red)\.|acquire|nanosleep", plain)
 
 
 @pytest.mark.parametrize("kernel", ["fwd", "bwd"])
@@ -787,11 +743,9 @@ def test_barrier_kernels_carry_the_cooperative_launch_flag(sm90_build, kernel):
     barrier grid), the kernel's metadata carries it -- Triton's launcher reads it there and
     adds ``CU_LAUNCH_ATTRIBUTE_COOPERATIVE`` (an option this Triton did not know would be
     dropped silently, and the flag would read None)."""
-    for dtype in ("fp32", "fp16", "bf16"):
-        meta = json.loads((sm90_build / f"{kernel}-{dtype}-sync.json").read_text())
-        assert meta["launch_cooperative_grid"] is True
-        meta = json.loads((sm90_build / f"{kernel}-{dtype}-plain.json").read_text())
-        assert meta["launch_cooperative_grid"] is False
+    for path in sm90_build.glob(f"{kernel}-*.json"):
+        meta = json.loads(path.read_text())
+        assert meta["launch_cooperative_grid"] is path.stem.endswith("-sync"), path.stem
 
 
 # ----------------------------------------------------------------------------- GPU only

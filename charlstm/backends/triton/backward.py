@@ -193,8 +193,8 @@ def lstm_bwd_kernel(
             # the pointer one after the other spilled the LSTM's registers (ptxas, sm_90)
             g_t = gates_ptr + t64 * BS + (row_s + rj[None, :])   # saved block 0 of [t, b, j]
             d_t = dgates_ptr + t64 * BG + (row_g + rj[None, :])  # gate 0 of [t, b, j]
-            dh = dh_carry + tl.load(dhs_ptr + t64 * BH + off, mask=rm, other=0.0).to(tl.float32)
-            if CELL == "lstm":
+            if CELL == "lstm":   # its loads before dhs's: so ordered, ptxas (Triton 3.6) kept
+                # the 16 x 32 x 32 bfloat16 tile free of spills
                 i = tl.load(g_t, mask=rm, other=0.0)
                 f = tl.load(g_t + H, mask=rm, other=0.0)
                 g = tl.load(g_t + 2 * H, mask=rm, other=0.0)
@@ -202,6 +202,8 @@ def lstm_bwd_kernel(
                 c_t = tl.load(cs_ptr + t64 * BH + off, mask=rm, other=0.0)
                 c_prev = (tl.load(cs_ptr + (t64 - 1) * BH + off, mask=prev_r & jm, other=0.0)
                           + tl.load(c0_ptr + off, mask=first_r & jm, other=0.0).to(tl.float32))
+            dh = dh_carry + tl.load(dhs_ptr + t64 * BH + off, mask=rm, other=0.0).to(tl.float32)
+            if CELL == "lstm":
                 dz_i, dz_f, dz_g, dz_o, dc = lstm_cell_back(dh, dc_carry, i, f, g, o, c_t, c_prev)
                 tl.store(d_t, tl.where(a2, dz_i, 0.0).to(OUT_T), mask=rm)
                 tl.store(d_t + H, tl.where(a2, dz_f, 0.0).to(OUT_T), mask=rm)
