@@ -38,9 +38,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import charlstm
 from charlstm import testing
 from charlstm.backends import triton as tb
+from charlstm.backends.contract import CELLS
 from charlstm.backends.triton import backward as tbwd
 from charlstm.backends.triton import forward as tfwd
-from charlstm.backends.contract import CELLS
 from charlstm.backends.triton.common import INTERPRET, SCHEDULES, Launch
 from charlstm.testing import core_inputs, reference_runs, run_kernels
 
@@ -824,6 +824,18 @@ def test_gpu_schedules_many_programs(launch, dtype):
     (B = 40), packed; and W_hh register-resident (float32: a 64 KiB slice, which may spill)."""
     lengths = [24 - (b % 24) for b in range(40)]
     check_core(24, 40, 300, dtype, lengths=lengths, launch=launch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_cells_many_programs(cell, dtype):
+    """On a GPU, the GRU and the RNN in the persistent schedule with many programs per batch tile
+    (H = 300 over 16-wide tiles: 19 programs meeting at the grid barrier) and several batch
+    tiles (B = 40), packed."""
+    lengths = [24 - (b % 24) for b in range(40)]
+    check_core(24, 40, 300, dtype, lengths=lengths, launch=Launch("persistent", 16, 16, 64, 4),
+               cell=cell)
 
 
 def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):

@@ -1,4 +1,4 @@
-"""Fused backward kernel of the recurrent core, every cell (contract: :mod:`charlstm.backends.contract`).
+"""Fused backward kernel of the recurrent core of every cell (:mod:`charlstm.backends.contract`).
 
 One kernel, :func:`lstm_bwd_kernel` (named for the LSTM; the ``CELL`` constexpr picks the
 pointwise step, as in :mod:`.forward`).  The recurrence runs in reverse, ``t = T-1 .. 0``, plus
@@ -94,10 +94,10 @@ def lstm_bwd_kernel(
     by step ``t``; ``cellbuf[p]`` (float32; LSTM, GRU) the LSTM's ``dc`` entering step ``t-1``
     or the GRU's ``dh * z`` of step ``t``.  LSTM only (any pointer otherwise, never read):
     ``dcT, c0 [B,H]`` D, ``cs [T,B,H]`` f32, ``dc0 [B,H]`` D.  GRU only: ``h0 [B,H]``, ``hs
-    [T,B,H]`` D (``h[t-1]``), ``dnbuf[p]`` (D) the n block of ``dhid`` of step ``t``.  ``DOT_F32``/``PRECISION``: as the forward's
-    (:func:`.common.dot_mode`).  ``sync``, ``GRID_SYNC``, ``XCACHE``: the persistent schedule's
-    arrival counters and barrier, as in :func:`.forward.lstm_fwd_kernel` (``dgates`` and
-    ``dnbuf`` are what cross programs).
+    [T,B,H]`` D (``h[t-1]``), ``dnbuf[p]`` (D) the n block of ``dhid`` of step ``t``.
+    ``DOT_F32``/``PRECISION``: as the forward's (:func:`.common.dot_mode`).  ``sync``,
+    ``GRID_SYNC``, ``XCACHE``: the persistent schedule's arrival counters and barrier, as in
+    :func:`.forward.lstm_fwd_kernel` (``dgates`` and ``dnbuf`` are what cross programs).
     """
     NG: tl.constexpr = 4 if CELL == "lstm" else (3 if CELL == "gru" else 1)  # gate blocks
     NS: tl.constexpr = 1 if NG == 1 else 4             # saved blocks in gates

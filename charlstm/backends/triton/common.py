@@ -129,7 +129,8 @@ def interpreter_blocks(batch: int, hidden: int) -> dict:
     """
     bb = min(64, max(16, triton.next_power_of_2(batch)))
     bh = min(64, max(16, triton.next_power_of_2(hidden)))
-    # K spans H in the forward and 4H in the backward: one chunk for both where that fits
+    # K spans H in the forward and G*H (up to 4H) in the backward: one chunk for both where
+    # that fits
     bk = min(256, max(16, triton.next_power_of_2(4 * hidden)))
     return dict(block_b=bb, block_h=bh, block_k=bk, num_warps=1)
 

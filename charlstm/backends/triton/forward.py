@@ -1,4 +1,4 @@
-"""Fused forward kernel of the recurrent core, every cell (contract: :mod:`charlstm.backends.contract`).
+"""Fused forward kernel of the recurrent core of every cell (:mod:`charlstm.backends.contract`).
 
 One kernel, :func:`lstm_fwd_kernel` (named for the cell it was written for; the ``CELL``
 constexpr -- ``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"`` -- picks the pointwise step
