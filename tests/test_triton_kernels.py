@@ -482,9 +482,10 @@ def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, cell, B, H, block_h
     """Offsets that can exceed 2^31 are 64-bit: both kernels' last program (last batch tile,
     last hidden tile), every step of T = 2 (and the backward's closing pass), run their real
     address arithmetic on shapes no CPU test could allocate, for each cell's layout (G gate
-    blocks, S saved ones, the GRU's b_hn, h[t-1] and dn * r scratch); every access lands inside
-    its tensor and no 32-bit integer operation overflows (see _run_on_fake_memory).  (For the
-    RNN, G H^2 stays below 2^31 at this H; rnn_relu shares rnn_tanh's addressing.)"""
+    blocks, S saved ones, the GRU's b_hn, h[t-1], dn * r and dh * z scratch); every access
+    lands inside its tensor (a tensor a cell does not have is empty: never touched) and no
+    32-bit integer operation overflows (see _run_on_fake_memory).  (For the RNN, G H^2 stays
+    below 2^31 at this H; rnn_relu shares rnn_tanh's addressing.)"""
     spec = CELLS[cell]
     T, G, S = 2, spec.gates * H, spec.saved * H
     program = (triton.cdiv(B, 16) - 1, triton.cdiv(H, block_h) - 1)
@@ -504,7 +505,7 @@ def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, cell, B, H, block_h
     bwd = dict(dhs_ptr=[T, B, H], dhT_ptr=[B, H], dcT_ptr=c_shape, w_ptr=[G, H], h0_ptr=[B, H],
                c0_ptr=c_shape, hs_ptr=[T, B, H], cs_ptr=[T] + c_shape, gates_ptr=[T, B, S],
                len_ptr=[B], dgates_ptr=[T, B, G], dh0_ptr=[B, H], dc0_ptr=c_shape,
-               dhbuf_ptr=[2, B, H], dcbuf_ptr=[2] + c_shape,
+               dhbuf_ptr=[2, B, H], cellbuf_ptr=[2, B, H] if spec.gates > 1 else [0],
                dnbuf_ptr=[2, B, H] if cell == "gru" else [0], sync_ptr=sync)
     _run_on_fake_memory(monkeypatch, tbwd.lstm_bwd_kernel, bwd,
                         dict(t_first=T - 1, t_count=T + 1, T=T, B=B, H=H), consts,
