@@ -38,6 +38,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import charlstm
 from charlstm import testing
 from charlstm.backends import triton as tb
+from charlstm.backends.contract import CELLS
 from charlstm.backends.triton import backward as tbwd
 from charlstm.backends.triton import forward as tfwd
 from charlstm.backends.triton.common import INTERPRET, SCHEDULES, Launch
@@ -48,28 +49,29 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def _kernel_forward(launch):
-    """:func:`.forward.forward` under ``launch`` behind the contract's arguments (LSTM cell)."""
-    def forward(xproj, w_hh, h0, c0, L, b_hn, cell):
-        return tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
+    """:func:`.forward.forward` under ``launch`` behind the contract's arguments."""
+    def forward(*args):
+        return tfwd.forward(*args, launch=launch)
     return forward
 
 
 def _kernel_backward(launch):
     """:func:`.backward.backward` under ``launch`` behind the contract's arguments."""
-    def backward(dhs, dhT, dcT, w_hh, h0, c0, hs, cs, gates, L, cell):
-        return tbwd.backward(dhs, dhT, dcT, w_hh, c0, cs, gates, L, launch=launch)
+    def backward(*args):
+        return tbwd.backward(*args, launch=launch)
     return backward
 
 
-def check_core(T, B, H, dtype, *, lengths=None, zero_state=False, launch=None):
+def check_core(T, B, H, dtype, *, lengths=None, zero_state=False, launch=None, cell="lstm"):
     """Forward and backward of the kernels under ``launch`` against the reference and a float64
     run (:func:`charlstm.testing.check_core`); the backward is fed the reference forward's saved
-    ``cs``/``gates``.  Inactive rows: exact zeros in ``hs`` and ``dgates``."""
-    inputs, grads = core_inputs(T, B, H, dtype, DEV, lengths=lengths, zero_state=zero_state)
-    ref, exact = reference_runs(inputs, grads)
-    got = run_kernels(_kernel_forward(launch), _kernel_backward(launch), inputs, grads, ref)
+    ``hs``/``cs``/``gates``.  Inactive rows: exact zeros in ``hs`` and ``dgates``."""
+    inputs, grads = core_inputs(T, B, H, dtype, DEV, cell=cell, lengths=lengths,
+                                zero_state=zero_state)
+    ref, exact = reference_runs(inputs, grads, cell=cell)
+    got = run_kernels(_kernel_forward(launch), _kernel_backward(launch), inputs, grads, ref, cell)
     bad = testing.check_core(got, ref, exact, dtype, inputs[4])
-    assert not bad, f"{launch} ({dtype}) outside the 2x rule: {bad}"
+    assert not bad, f"{cell} {launch} ({dtype}) outside the 2x rule: {bad}"
     if inputs[4] is not None:   # the contract's exact zeros on inactive rows
         inactive = torch.arange(T, device=DEV).unsqueeze(1) >= inputs[4].long()
         assert (got["hs"][inactive] == 0).all() and (got["dgates"][inactive] == 0).all()
@@ -104,33 +106,71 @@ def test_core_narrow_tiles_and_resident_weights(launch):
     check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2], launch=launch)
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])     # rnn_relu: only its pointwise differs
+@pytest.mark.parametrize("launch", [
+    Launch("persistent", 16, 16, 16, 1, max_programs=4),            # nh = 2 over 3 tiles
+    Launch("persistent", 16, 8, 16, 1, max_programs=2),             # grid barrier, nh = 1
+    Launch("persistent", 16, 4, 64, 1, w_resident=True)],           # W_hh slice in registers
+    ids=["persistent-strided", "persistent-barrier", "persistent-resident"])
+def test_cells_tiled(cell, launch):
+    """The GRU and the RNN in the kernels' multi-tile paths, which the contract test (one tile
+    under the interpreter) does not reach: H = 33 over 16-, 8- or 4-wide hidden tiles (the RNN's
+    forward raises them to 16: its dot has N = BLOCK_H) and 16-wide K chunks (the GRU's
+    backward chunks straddle the boundary between dgates' r/z blocks and its dn * r scratch),
+    B = 17 over two batch tiles, packed; a program striding over two hidden tiles, the real
+    grid barrier, and a register-resident W_hh slice (the GRU's fourth dot slot masked)."""
+    check_core(4, 17, 33, torch.float32, lengths=[4, 1, 3] + [4] * 13 + [2], launch=launch,
+               cell=cell)
+
+
+def test_cell_sets_the_narrowest_tile():
+    """tl.dot needs N >= 16: the forward's N is dot_slots(cell) * BLOCK_H (4 slots for the LSTM
+    and the GRU, whose fourth is padding; 1 for the RNN), the backward's BLOCK_H; fixed launches
+    are raised to that, wider ones are left alone."""
+    from charlstm.backends.triton.common import cell_launch, dot_slots
+    assert [dot_slots(c) for c in CELLS] == [4, 4, 1, 1]
+    narrow, wide = Launch("step", 16, 4, 16, 1), Launch("step", 16, 32, 16, 1)
+    for cell in CELLS:
+        fwd = cell_launch(narrow, cell, "forward").block_h
+        assert fwd == (4 if dot_slots(cell) == 4 else 16)
+        assert cell_launch(narrow, cell, "backward").block_h == 16
+        assert cell_launch(wide, cell, "forward") == wide == cell_launch(wide, cell, "backward")
+    assert cell_launch(Launch("step"), "rnn_tanh", "forward") == Launch("step")   # autotuned
+
+
 @pytest.mark.parametrize("launch,msg", [
     (Launch("sequence", 16, 16, 64, 1, w_resident=True), "one hidden tile per program"),
     (Launch("step", 16, 16, 32, 1, w_resident=True), "block_k >= H"),
     (Launch("persistent", 16, 16, 64, 1, max_programs=4, w_resident=True), "2 program")])
 def test_resident_launch_that_cannot_hold_its_slice_is_refused(launch, msg):
-    (xproj, w_hh, h0, c0, L, _b_hn), _ = core_inputs(2, 17, 33, torch.float32, DEV)
+    (xproj, w_hh, h0, c0, L, b_hn), _ = core_inputs(2, 17, 33, torch.float32, DEV)
     with pytest.raises(ValueError, match=msg):
-        tfwd.forward(xproj, w_hh, h0, c0, L, launch=launch)
+        tfwd.forward(xproj, w_hh, h0, c0, L, b_hn, launch=launch)
 
 
-@pytest.mark.parametrize("batch,hidden,dtype,cap,want", [
-    (16, 512, torch.bfloat16, None, [(4, 4), (8, 4), (16, 8)]),
-    (16, 768, torch.bfloat16, None, []),                   # K chunk 1024: spills, never resident
-    (16, 512, torch.float32, None, [(4, 4)]),              # 4-byte slices: only the narrowest fits
-    (16, 512, torch.bfloat16, 132, [(4, 4), (8, 4), (16, 8)]),
-    (32, 512, torch.bfloat16, 132, [(8, 4), (16, 8)]),     # 2 batch tiles: 66 programs each
-    (64, 512, torch.bfloat16, 132, [(16, 8)])])
-def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, cap, want):
-    """The persistent forward autotuner keeps every ordinary configuration, and W_RESIDENT ones
-    only where each program owns one hidden tile within the co-residency cap and the slice fits
-    the register budget -- with BLOCK_K set to next_pow2(H)."""
+@pytest.mark.parametrize("batch,hidden,dtype,cap,cell,want", [
+    (16, 512, torch.bfloat16, None, "lstm", [(4, 4), (8, 4), (16, 8)]),
+    (16, 768, torch.bfloat16, None, "lstm", []),           # K chunk 1024: spills, never resident
+    (16, 512, torch.float32, None, "lstm", [(4, 4)]),      # 4-byte slices: only the narrowest fits
+    (16, 512, torch.bfloat16, 132, "lstm", [(4, 4), (8, 4), (16, 8)]),
+    (32, 512, torch.bfloat16, 132, "lstm", [(8, 4), (16, 8)]),   # 2 batch tiles: 66 programs each
+    (64, 512, torch.bfloat16, 132, "lstm", [(16, 8)]),
+    (16, 512, torch.float32, None, "gru", [(4, 4)]),       # 4 dot slots (one padding): as the LSTM
+    (16, 512, torch.float32, None, "rnn_tanh", [(16, 8)]),  # N = BLOCK_H >= 16, a quarter slice
+    (16, 768, torch.bfloat16, None, "rnn_relu", [])])
+def test_resident_configs_pruned_per_shape(monkeypatch, batch, hidden, dtype, cap, cell, want):
+    """The persistent forward autotuner keeps every ordinary configuration its cell's dot allows
+    (the RNN's N = BLOCK_H must be >= 16), and W_RESIDENT ones only where each program owns one
+    hidden tile within the co-residency cap and the slice (dot_slots(cell) * BLOCK_H columns)
+    fits the register budget -- with BLOCK_K set to next_pow2(H)."""
     from charlstm.backends.triton import common
     monkeypatch.setattr(common, "_device_programs", lambda device: cap)
     configs = common.tune_configs("persistent", "forward")
     kept = common._prune_persistent(configs, {"B": batch, "H": hidden,
-                                            "w_ptr": torch.empty(0, dtype=dtype)})
-    ordinary = [c for c in configs if not c.kwargs["W_RESIDENT"]]
+                                            "w_ptr": torch.empty(0, dtype=dtype)}, CELL=cell)
+    ordinary = [c for c in configs if not c.kwargs["W_RESIDENT"]
+                and common.dot_slots(cell) * c.kwargs["BLOCK_H"] >= 16]
+    assert (min(c.kwargs["BLOCK_H"] for c in ordinary) == 16) == cell.startswith("rnn")
     assert kept[:len(ordinary)] == ordinary
     resident = kept[len(ordinary):]
     assert [(c.kwargs["BLOCK_H"], c.num_warps) for c in resident] == want
@@ -353,6 +393,8 @@ def test_autotuned_persistent_kernels_zero_counters_and_prune(monkeypatch):
         assert not sync.any()
         assert tuned["persistent"].early_config_prune is common._prune_persistent
         assert tuned["step"].reset_to_zero == [] and tuned["step"].early_config_prune is None
+        # one cache entry per cell: a configuration tuned for the LSTM may not fit the RNN
+        assert all(t.keys == ["B", "H", "CELL"] for t in tuned.values())
 
 
 # ----------------------------------------------------------------------------- 64-bit offsets
@@ -431,32 +473,40 @@ def _run_on_fake_memory(monkeypatch, kernel, shapes, scalars, consts, program, p
 
 
 @pytest.mark.skipif(not INTERPRET, reason="runs the kernels' address arithmetic in the interpreter")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("B,H,block_h,block_k", [
     (2 ** 25, 64, 64, 64),     # B * H = 2^31: the batch and time offsets of every [.., B, ..]
-    (16, 23232, 16, 8192)],    # 4 H^2 > 2^31: the W_hh offsets
-    ids=["BH=2^31", "4HH>2^31"])
-def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, B, H, block_h, block_k):
+    (16, 23232, 16, 8192)],    # G H^2 > 2^31 (4 H^2 for the LSTM, 3 H^2 for the GRU): W_hh
+    ids=["BH=2^31", "GHH>2^31"])
+def test_offsets_do_not_overflow_on_huge_shapes(monkeypatch, cell, B, H, block_h, block_k):
     """Offsets that can exceed 2^31 are 64-bit: both kernels' last program (last batch tile,
     last hidden tile), every step of T = 2 (and the backward's closing pass), run their real
-    address arithmetic on shapes no CPU test could allocate; every access lands inside its
-    tensor and no 32-bit integer operation overflows (see _run_on_fake_memory)."""
-    T, G = 2, 4 * H
+    address arithmetic on shapes no CPU test could allocate, for each cell's layout (G gate
+    blocks, S saved ones, the GRU's b_hn, h[t-1], dn * r and dh * z scratch); every access
+    lands inside its tensor (a tensor a cell does not have is empty: never touched) and no
+    32-bit integer operation overflows (see _run_on_fake_memory).  (For the RNN, G H^2 stays
+    below 2^31 at this H; rnn_relu shares rnn_tanh's addressing.)"""
+    spec = CELLS[cell]
+    T, G, S = 2, spec.gates * H, spec.saved * H
     program = (triton.cdiv(B, 16) - 1, triton.cdiv(H, block_h) - 1)
     programs = (program[0] + 1, program[1] + 1)
     sync = [triton.cdiv(B, 16) * 16]
-    consts = dict(HAS_LENGTHS=True, DOT_F32=False, PRECISION="ieee", GRID_SYNC=False,
+    consts = dict(CELL=cell, HAS_LENGTHS=True, DOT_F32=False, PRECISION="ieee", GRID_SYNC=False,
                   XCACHE="", BLOCK_B=16, BLOCK_H=block_h, BLOCK_K=block_k)
-    fwd = dict(xproj_ptr=[T, B, G], w_ptr=[G, H], h0_ptr=[B, H], c0_ptr=[B, H], len_ptr=[B],
-               hs_ptr=[T, B, H], hT_ptr=[B, H], cT_ptr=[B, H], cs_ptr=[T, B, H],
-               gates_ptr=[T, B, G], hbuf_ptr=[2, B, H], sync_ptr=sync)
+    c_shape = [B, H] if spec.has_c else [0]   # never touched by cells without c
+    fwd = dict(xproj_ptr=[T, B, G], w_ptr=[G, H], h0_ptr=[B, H], c0_ptr=c_shape,
+               bhn_ptr=[H] if cell == "gru" else [0], len_ptr=[B], hs_ptr=[T, B, H],
+               hT_ptr=[B, H], cT_ptr=c_shape, cs_ptr=[T] + c_shape, gates_ptr=[T, B, S],
+               hbuf_ptr=[2, B, H], sync_ptr=sync)
     for resident in (False, True):
         _run_on_fake_memory(monkeypatch, tfwd.lstm_fwd_kernel, fwd,
                             dict(t_first=0, t_count=T, T=T, B=B, H=H),
                             dict(consts, W_RESIDENT=resident), program, programs)
-    bwd = dict(dhs_ptr=[T, B, H], dhT_ptr=[B, H], dcT_ptr=[B, H], w_ptr=[G, H], c0_ptr=[B, H],
-               cs_ptr=[T, B, H], gates_ptr=[T, B, G], len_ptr=[B], dgates_ptr=[T, B, G],
-               dh0_ptr=[B, H], dc0_ptr=[B, H], dhbuf_ptr=[2, B, H], dcbuf_ptr=[2, B, H],
-               sync_ptr=sync)
+    bwd = dict(dhs_ptr=[T, B, H], dhT_ptr=[B, H], dcT_ptr=c_shape, w_ptr=[G, H], h0_ptr=[B, H],
+               c0_ptr=c_shape, hs_ptr=[T, B, H], cs_ptr=[T] + c_shape, gates_ptr=[T, B, S],
+               len_ptr=[B], dgates_ptr=[T, B, G], dh0_ptr=[B, H], dc0_ptr=c_shape,
+               dhbuf_ptr=[2, B, H], cellbuf_ptr=[2, B, H] if spec.gates > 1 else [0],
+               dnbuf_ptr=[2, B, H] if cell == "gru" else [0], sync_ptr=sync)
     _run_on_fake_memory(monkeypatch, tbwd.lstm_bwd_kernel, bwd,
                         dict(t_first=T - 1, t_count=T + 1, T=T, B=B, H=H), consts,
                         program, programs)
@@ -612,63 +662,13 @@ def test_torch_compile_fullgraph():
 
 
 # ----------------------------------------------------------------------------- GPU compile
-_COMPILE_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ.pop("TRITON_INTERPRET", None)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from charlstm.backends.triton.forward import lstm_fwd_kernel
-    from charlstm.backends.triton.backward import lstm_bwd_kernel
-
-    out_dir = sys.argv[1]
-
-    def sig(kernel, dt, fp32_ptrs):
-        out = {}
-        for prm in kernel.params:
-            n = prm.name
-            if prm.is_constexpr:
-                out[n] = "constexpr"
-            elif n == "len_ptr":
-                out[n] = "*i32"
-            elif n == "sync_ptr":
-                out[n] = "*i64"
-            elif n.endswith("_ptr"):
-                out[n] = "*fp32" if n in fp32_ptrs else "*" + dt
-            else:
-                out[n] = "i32"
-        return out
-
-    target = GPUTarget("cuda", 90, 32)
-    blocks = dict(BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
-    for dt, has_len, sync in (("fp32", False, False), ("fp16", True, False),
-                              ("bf16", True, False), ("fp32", False, True),
-                              ("fp16", True, True), ("bf16", True, True)):
-        prec = "ieee" if dt == "fp32" else "tf32"
-        blocks.update(GRID_SYNC=sync, XCACHE=".cg" if sync else "")
-        # the persistent variants: an 8-wide tile with W_hh register-resident (H <= 256)
-        fblocks = dict(blocks, BLOCK_H=8, BLOCK_K=256, W_RESIDENT=True) if sync else \\
-            dict(blocks, W_RESIDENT=False)
-        fwd = ASTSource(lstm_fwd_kernel, sig(lstm_fwd_kernel, dt, {"cs_ptr", "gates_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
-                                        **fblocks))
-        bwd = ASTSource(lstm_bwd_kernel, sig(lstm_bwd_kernel, dt, {"cs_ptr", "gates_ptr",
-                        "dhbuf_ptr", "dcbuf_ptr"}),
-                        constexprs=dict(HAS_LENGTHS=has_len, DOT_F32=False, PRECISION=prec,
-                                        **blocks))
-        for name, src in (("fwd", fwd), ("bwd", bwd)):
-            # run_schedule launches the barrier grids cooperatively: compile them that way
-            k = triton.compile(src, target=target, options=dict(
-                num_warps=4, num_stages=2, launch_cooperative_grid=sync))
-            assert len(k.asm["cubin"]) > 0
-            stem = os.path.join(out_dir, f"{name}-{dt}-{'sync' if sync else 'plain'}")
-            with open(stem + ".ptx", "w") as f:
-                f.write(k.asm["ptx"])
-            with open(stem + ".json", "w") as f:
-                json.dump({"launch_cooperative_grid":
-                           getattr(k.metadata, "launch_cooperative_grid", None)}, f)
-            print(name, dt, "ok")
-""")
+SM90_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "scripts", "triton_sm90.py")
+#: (kernel, cell, dtype) of the barrier (persistent-schedule) builds of scripts/triton_sm90.py's
+#: test set: every cell, float32 and bfloat16 between them
+SYNC_BUILDS = [(k, c, d) for k in ("fwd", "bwd") for c, d in (
+    ("lstm", "fp32"), ("lstm", "bf16"), ("gru", "fp32"), ("gru", "bf16"), ("rnn_tanh", "bf16"),
+    ("rnn_relu", "fp32"))]
 
 
 def _has_nvidia_compiler() -> bool:
@@ -682,22 +682,27 @@ def _has_nvidia_compiler() -> bool:
 
 @pytest.fixture(scope="module")
 def sm90_build(tmp_path_factory):
-    """Both kernels compiled ahead of time for sm_90 (no GPU needed) in every dtype, with and
-    without ``lengths``, with and without the persistent schedule's grid barrier: a folder of
-    ``{fwd,bwd}-{dtype}-{sync,plain}.ptx`` and ``.json`` (compiled-kernel metadata)."""
+    """Both kernels compiled ahead of time for sm_90 (no GPU needed) by scripts/triton_sm90.py's
+    test set: the LSTM in every dtype, with and without ``lengths``, with and without the
+    persistent schedule's grid barrier; the GRU and the RNNs with the barrier (float32 and
+    bfloat16 between them).  A folder of ``{fwd,bwd}-<cell>-<dtype>-{sync,plain}.ptx`` and
+    ``.json`` (compiled-kernel metadata)."""
     if not _has_nvidia_compiler():
         pytest.skip("Triton's NVIDIA backend (ptxas) is absent")
     out = tmp_path_factory.mktemp("sm90")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(out)], env=_subprocess_env(),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, SM90_SCRIPT, str(out), "--set", "test"],
+                       env=_subprocess_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.count("ok") == 12
+    assert r.stdout.count(" ok") == 20
     return out
 
 
 def test_kernels_compile_for_sm90(sm90_build):
-    """Every variant compiled to a cubin (the fixture asserts it) and left its PTX."""
-    assert len(list(sm90_build.glob("*.ptx"))) == 12
+    """Every build compiled to a cubin (the script checks it) and left its PTX: each cell's
+    specialisation of both kernels."""
+    names = {p.stem for p in sm90_build.glob("*.ptx")}
+    assert len(names) == 20
+    assert {n.split("-")[1] for n in names} == set(CELLS)
 
 
 def _loops(ptx: str) -> list:
@@ -714,13 +719,13 @@ def _loops(ptx: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, dtype):
-    """The grid barrier as compiled for sm_90: per step one arrival (an acq_rel atomic add on
-    the 64-bit counter, from one thread); a poll loop that sleeps and does exactly one acquire
-    load and no atomic per round; no other atomics and no acquire anywhere else."""
-    ptx = (sm90_build / f"{kernel}-{dtype}-sync.ptx").read_text()
+@pytest.mark.parametrize("kernel,cell,dtype", SYNC_BUILDS, ids="-".join)
+def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, cell, dtype):
+    """The grid barrier as compiled for sm_90, in every cell's specialisation: per step one
+    arrival (an acq_rel atomic add on the 64-bit counter, from one thread); a poll loop that
+    sleeps and does exactly one acquire load and no atomic per round; no other atomics and no
+    acquire anywhere else."""
+    ptx = (sm90_build / f"{kernel}-{cell}-{dtype}-sync.ptx").read_text()
     atomics = re.findall(r"\b(?:atom|red)\.[\w.]+", ptx)
     assert atomics == ["atom.global.gpu.acq_rel.add.u64"], atomics
     acquires = re.findall(r"\bld\.[\w.]*acquire[\w.]*", ptx)
@@ -734,8 +739,9 @@ def test_barrier_ptx_one_arrival_one_acquire_load_per_poll(sm90_build, kernel, d
     assert not any(re.search(r"\bmma\b|wgmma|st\.global", ln) for ln in poll), poll
     # one thread polls: the load is predicated
     assert all(ln.startswith("@") for ln in poll if "acquire" in ln), poll
-    plain = (sm90_build / f"{kernel}-{dtype}-plain.ptx").read_text()
-    assert not re.search(r"\b(?:atom|red)\.|acquire|nanosleep", plain)
+    if cell == "lstm":
+        plain = (sm90_build / f"{kernel}-{cell}-{dtype}-plain.ptx").read_text()
+        assert not re.search(r"\b(?:atom|red)\.|acquire|nanosleep", plain)
 
 
 @pytest.mark.parametrize("kernel", ["fwd", "bwd"])
@@ -744,11 +750,9 @@ def test_barrier_kernels_carry_the_cooperative_launch_flag(sm90_build, kernel):
     barrier grid), the kernel's metadata carries it -- Triton's launcher reads it there and
     adds ``CU_LAUNCH_ATTRIBUTE_COOPERATIVE`` (an option this Triton did not know would be
     dropped silently, and the flag would read None)."""
-    for dtype in ("fp32", "fp16", "bf16"):
-        meta = json.loads((sm90_build / f"{kernel}-{dtype}-sync.json").read_text())
-        assert meta["launch_cooperative_grid"] is True
-        meta = json.loads((sm90_build / f"{kernel}-{dtype}-plain.json").read_text())
-        assert meta["launch_cooperative_grid"] is False
+    for path in sm90_build.glob(f"{kernel}-*.json"):
+        meta = json.loads(path.read_text())
+        assert meta["launch_cooperative_grid"] is path.stem.endswith("-sync"), path.stem
 
 
 # ----------------------------------------------------------------------------- GPU only
@@ -827,6 +831,18 @@ def test_gpu_schedules_many_programs(launch, dtype):
     (B = 40), packed; and W_hh register-resident (float32: a 64 KiB slice, which may spill)."""
     lengths = [24 - (b % 24) for b in range(40)]
     check_core(24, 40, 300, dtype, lengths=lengths, launch=launch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_cells_many_programs(cell, dtype):
+    """On a GPU, the GRU and the RNN in the persistent schedule with many programs per batch tile
+    (H = 300 over 16-wide tiles: 19 programs meeting at the grid barrier) and several batch
+    tiles (B = 40), packed."""
+    lengths = [24 - (b % 24) for b in range(40)]
+    check_core(24, 40, 300, dtype, lengths=lengths, launch=Launch("persistent", 16, 16, 64, 4),
+               cell=cell)
 
 
 def test_autotune_can_be_switched_off_for_gpu_test_runs(monkeypatch):

@@ -85,7 +85,7 @@ _REGISTRY = {
     "triton": Backend("triton", "charlstm.backends.triton", True,
                       ("persistent", "sequence", "step"), ("cuda", "cpu"), _ALL_DTYPES,
                       "correct under the Triton interpreter (CPU); compiles for sm_90; "
-                      "untested on GPU", ("lstm",)),
+                      "untested on GPU"),
     "cuda": Backend("cuda", "charlstm.backends.cuda", True,
                     ("persistent_tc", "persistent", "stepwise"), ("cuda",), _HALF_AND_SINGLE,
                     "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU"),

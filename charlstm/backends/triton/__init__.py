@@ -1,4 +1,5 @@
-"""The ``triton`` backend: fused Triton kernels for the LSTM recurrent core.
+"""The ``triton`` backend: fused Triton kernels for the recurrent core of every cell (LSTM, GRU,
+RNN tanh/relu; the cell is a compile-time parameter of the same two kernels).
 
 Variants (``triton:<schedule>``, :data:`VARIANTS`; each runs the same two kernels, see
 :class:`.common.Launch`):

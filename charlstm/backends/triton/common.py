@@ -11,8 +11,11 @@
   guard), the one place both kernels' launch logic lives.
 * :func:`grid_barrier` -- the ``"persistent"`` schedule's per-step barrier among the programs
   of one batch tile (``@triton.jit``, GPU only in earnest; see its docstring).
-* :func:`batch_tile` -- ``@triton.jit``: a program's batch rows, lengths and row offsets.
-* :func:`lstm_cell`, :func:`tanh` -- ``@triton.jit`` pointwise math in float32.
+* :func:`batch_tile` -- ``@triton.jit``: a program's batch rows and lengths.
+* :func:`dot_slots`, :func:`cell_launch` -- what the cell (the kernels' ``CELL`` constexpr)
+  changes in a launch: the forward dot's columns per hidden unit, the narrowest hidden tile.
+* :func:`lstm_cell`, :func:`gru_cell`, :func:`rnn_cell` and their ``*_back`` --
+  ``@triton.jit`` pointwise steps of each cell in float32, forward and backward.
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..contract import cell_of
+
 __all__ = ["COUNTER_STRIDE", "INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES",
-           "barrier_counters", "batch_tile", "choose_launch", "default_schedule", "dot_mode",
-           "grid_barrier", "last_schedules", "lstm_cell", "persistent_grid", "run_schedule",
-           "tanh", "tune_configs"]
+           "barrier_counters", "batch_tile", "cell_launch", "choose_launch", "default_schedule",
+           "dot_mode", "dot_slots", "grid_barrier", "gru_cell", "gru_cell_back", "last_schedules",
+           "lstm_cell", "lstm_cell_back", "persistent_grid", "rnn_cell", "rnn_cell_back",
+           "run_schedule", "tune_configs"]
 
 
 def _interpreting() -> bool:
@@ -97,8 +103,9 @@ class Launch(NamedTuple):
     the persistent grid (tests use it to force ``nh``); ignored by the other schedules.
     ``w_resident``: the forward keeps its ``W_hh`` slice in registers for all steps (needs one
     hidden tile per program and ``block_k >= H``; see :func:`.forward.lstm_fwd_kernel`); the
-    backward ignores it.  The backward also raises ``block_h`` to 16 (its ``tl.dot`` has the
-    hidden tile as N, which must be >= 16; the forward's N is ``4 * block_h``).
+    backward ignores it.  Both kernels raise ``block_h`` to their cell's narrowest tile
+    (:func:`cell_launch`: ``tl.dot`` needs N >= 16, and N is ``dot_slots(cell) * block_h`` in
+    the forward, ``block_h`` in the backward).
     """
 
     schedule: str
@@ -122,7 +129,8 @@ def interpreter_blocks(batch: int, hidden: int) -> dict:
     """
     bb = min(64, max(16, triton.next_power_of_2(batch)))
     bh = min(64, max(16, triton.next_power_of_2(hidden)))
-    # K spans H in the forward and 4H in the backward: one chunk for both where that fits
+    # K spans H in the forward and G*H (up to 4H) in the backward: one chunk for both where
+    # that fits
     bk = min(256, max(16, triton.next_power_of_2(4 * hidden)))
     return dict(block_b=bb, block_h=bh, block_k=bk, num_warps=1)
 
@@ -199,22 +207,28 @@ def tune_configs(schedule: str = "sequence", direction: str = "forward") -> list
     return out
 
 
-def _prune_persistent(configs, named_args, **_):
-    """The persistent autotuners' ``early_config_prune`` (both directions), per shape:
+def _prune_persistent(configs, named_args, **kwargs):
+    """The persistent autotuners' ``early_config_prune`` (both directions), per shape and cell
+    (the kernels' ``CELL`` constexpr, in ``kwargs``):
 
+    * the cell: configurations whose dot would be narrower than 16 (``dot_slots(cell) *
+      BLOCK_H``: the RNN's 8-wide forward tiles) are dropped;
     * co-residency: where some configuration's whole grid fits the device (one program per
       SM), only those are kept, so that every grid the autotuner launches can be launched
       cooperatively (:func:`run_schedule`); a configuration left out has ``nh == 1`` with more
       batch tiles than SMs (see :func:`persistent_grid`).  Where none fits, all have
       ``nh == 1``, nobody waits, and all are kept (launched ordinarily).
     * W_RESIDENT (forward): each one is kept only where it can run this shape -- every program
-      owns one hidden tile, ``next_pow2(H) <= RESIDENT_MAX_K`` and the slice fits
-      ``RESIDENT_BYTES_PER_WARP`` -- with its ``BLOCK_K`` set to ``next_pow2(H)``.
+      owns one hidden tile, ``next_pow2(H) <= RESIDENT_MAX_K`` and the slice (``next_pow2(H) x
+      dot_slots(cell) * BLOCK_H`` elements) fits ``RESIDENT_BYTES_PER_WARP`` -- with its
+      ``BLOCK_K`` set to ``next_pow2(H)``.
     """
     B, H = int(named_args["B"]), int(named_args["H"])
     w = named_args["w_ptr"]
+    slots = dot_slots(kwargs.get("CELL", "lstm"))
     cap = _device_programs(w.device)
     hp = max(16, triton.next_power_of_2(H))
+    configs = [c for c in configs if slots * c.kwargs["BLOCK_H"] >= 16]
     out = []
     for c in configs:
         kw = c.kwargs
@@ -224,7 +238,7 @@ def _prune_persistent(configs, named_args, **_):
         if not kw.get("W_RESIDENT"):
             out.append(c)
             continue
-        slice_bytes = hp * 4 * kw["BLOCK_H"] * w.element_size()
+        slice_bytes = hp * slots * kw["BLOCK_H"] * w.element_size()
         if (nh * kw["BLOCK_H"] < H or hp > RESIDENT_MAX_K
                 or slice_bytes > RESIDENT_BYTES_PER_WARP * c.num_warps):
             continue
@@ -252,7 +266,27 @@ def persistent_grid(batch: int, hidden: int, block_b: int, block_h: int,
     return nb, max(1, min(tiles, max_programs // nb))
 
 
-#: the narrowest hidden tile any launch may use (the forward's gate-interleaved dot: 4 x 4 = 16)
+def dot_slots(cell: str) -> int:
+    """Columns of the forward's gate-interleaved dot per hidden unit (its N is ``dot_slots *
+    BLOCK_H``; the kernels derive the same number from their ``CELL`` constexpr): 4 for the
+    LSTM (i, f, g, o) and the GRU (r, z, n and one slot masked to zero, so that N stays a power
+    of two and the LSTM's reshape/split serves it), 1 for the RNN."""
+    return 1 if cell_of(cell).gates == 1 else 4
+
+
+def cell_launch(launch: Launch, cell: str, direction: str) -> Launch:
+    """``launch`` with a fixed ``block_h`` raised where the ``direction`` kernel's dot for
+    ``cell`` would be narrower than ``tl.dot``'s minimum N of 16: the forward's N is
+    ``dot_slots(cell) * block_h`` (LSTM/GRU tiles may be 4 wide, the RNN's 16), the
+    backward's ``block_h``.  Autotuned launches are pruned instead (:func:`_prune_persistent`)."""
+    slots = dot_slots(cell) if direction == "forward" else 1
+    if launch.fixed and slots * launch.block_h < 16:
+        return launch._replace(block_h=16 // slots)
+    return launch
+
+
+#: the narrowest hidden tile any launch may use (the LSTM/GRU forward's gate-interleaved dot:
+#: 4 x 4 = 16; :func:`cell_launch` raises it per cell and direction)
 MIN_BLOCK_H = 4
 #: the shortest batch tile any launch may use (``tl.dot``'s minimum M)
 MIN_BLOCK_B = 16
@@ -370,7 +404,9 @@ def run_schedule(kernel, tuned: dict, launch: Launch, *, T: int, B: int, H: int,
     # each timing run); the others get a one-element placeholder
     sync = barrier_counters(B if sched == "persistent" else 1, device)
     consts = dict(GRID_SYNC=grid_sync, XCACHE=".cg" if grid_sync else "", **flags, **meta)
-    refusal_key = (str(device), getattr(kernel, "__name__", repr(kernel)), B, H, launch)
+    # everything that specialises the kernel (the cell, dtypes' flags) is part of the key
+    refusal_key = (str(device), getattr(kernel, "__name__", repr(kernel)), B, H, launch,
+                   tuple(sorted(flags.items())))
     with _on_device(device):
         if per_step:
             for s in range(count):
@@ -417,8 +453,9 @@ def _check_resident(launch: Launch, B: int, H: int, cap: Optional[int]) -> None:
 def tuned_kernels(kernel, direction: str) -> dict:
     """One autotuned wrapper of the ``direction`` ("forward"/"backward") ``kernel`` per schedule
     (separate caches: the best blocks of a one-launch schedule are not those of a per-step one),
-    keyed on B and H; the persistent ones zero their arrival counters before every timing run
-    and prune their configurations per shape (:func:`_prune_persistent`).  Empty under the
+    keyed on B, H and the cell (Triton adds the tensors' dtypes); the persistent ones zero their
+    arrival counters before every timing run and prune their configurations per shape and cell
+    (:func:`_prune_persistent`).  Empty under the
     interpreter."""
     if INTERPRET:
         return {}
@@ -428,7 +465,9 @@ def tuned_kernels(kernel, direction: str) -> dict:
         if sched == "persistent":
             extra["reset_to_zero"] = ["sync_ptr"]
             extra["prune_configs_by"] = {"early_config_prune": _prune_persistent}
-        out[sched] = triton.autotune(configs=tune_configs(sched, direction), key=["B", "H"],
+        # the cell is in the key: a configuration tuned for one cell may not fit another
+        out[sched] = triton.autotune(configs=tune_configs(sched, direction),
+                                     key=["B", "H", "CELL"],
                                      **extra)(kernel)
     return out
 
@@ -487,14 +526,14 @@ def grid_barrier(counter_ptr, n_programs, step):
 
 
 @triton.jit
-def batch_tile(len_ptr, T, B, H, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
-    """The batch rows of program ``(pid_b, .)`` -> ``(row0, bmask, L, row_g, row_h)``: its first
-    row ``row0`` as an int64 scalar, which of its ``BLOCK_B`` rows exist, their lengths (``T``
-    without ``HAS_LENGTHS``; 0 for rows past B), and their row offsets ``[BLOCK_B, 1]`` *inside
-    the tile* into ``[.., B, 4H]`` and ``[.., B, H]`` tensors.
+def batch_tile(len_ptr, T, B, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The batch rows of program ``(pid_b, .)`` -> ``(row0, bmask, L, rows)``: its first row
+    ``row0`` as an int64 scalar, which of its ``BLOCK_B`` rows exist, their lengths (``T``
+    without ``HAS_LENGTHS``; 0 for rows past B), and their indices ``[BLOCK_B, 1]`` *inside the
+    tile* (the kernels multiply them by the row length of each tensor: ``G*H``, ``S*H``, ``H``).
 
     Offsets: ``B * H`` may exceed 2^31, so the kernels move each base pointer to row ``row0``
-    and to its time step with 64-bit scalars (``row0 * 4H``, ``t * B * H``) and keep only
+    and to its time step with 64-bit scalars (``row0 * G*H``, ``t * B * H``) and keep only
     offsets inside one tile, below ``BLOCK_B * 4H``, in 32 bits (fewer registers than 64-bit
     offset tensors).  Shared by the forward and backward kernels."""
     rl = tl.arange(0, BLOCK_B)
@@ -505,17 +544,18 @@ def batch_tile(len_ptr, T, B, H, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexp
     else:
         L = tl.where(bmask, T, 0)
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
-    return row0, bmask, L, rl[:, None] * (4 * H), rl[:, None] * H
+    return row0, bmask, L, rl[:, None]
 
 
+# ----------------------------------------------------------------------------- the cells
+# One @triton.jit helper per cell and direction, called once per tile and step (under the
+# interpreter each call costs milliseconds, so none of them calls another).  Float32 in and
+# out.  tanh(x) is written 2 * sigmoid(2x) - 1 (saturates to +-1 without overflow; absolute
+# error ~1e-7).
 @triton.jit
 def lstm_cell(z_i, z_f, z_g, z_o, c_prev):
-    """The pointwise LSTM cell in float32 -> ``(i, f, g, o, c, m)`` with ``m = o * tanh(c)``.
-
-    One helper, no nested calls: under the interpreter each ``@triton.jit`` call costs
-    milliseconds, so the forward makes one call per tile and step.  ``tanh(x)`` is written
-    ``2 * sigmoid(2x) - 1`` (saturates to +-1 without overflow; absolute error ~1e-7).
-    """
+    """The LSTM step -> ``(i, f, g, o, c, m)`` with ``m = o * tanh(c)``, from the gate
+    pre-activations ``z_*`` (``x + a``)."""
     i = 1.0 / (1.0 + tl.exp(-z_i))
     f = 1.0 / (1.0 + tl.exp(-z_f))
     o = 1.0 / (1.0 + tl.exp(-z_o))
@@ -525,6 +565,49 @@ def lstm_cell(z_i, z_f, z_g, z_o, c_prev):
 
 
 @triton.jit
-def tanh(x):
-    """tanh in float32, the same formula as in :func:`lstm_cell`."""
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+def gru_cell(z_r, z_z, x_n, a_n, b_hn, h_prev):
+    """The GRU step -> ``(r, z, n, hn, h)``: ``r, z = sigmoid(z_r), sigmoid(z_z)`` (``z_* = x_*
+    + a_*``), ``hn = a_n + b_hn``, ``n = tanh(x_n + r * hn)``, ``h = (1 - z) * n + z *
+    h_prev`` (torch's convention: the reset gate scales the hidden side of ``n``)."""
+    r = 1.0 / (1.0 + tl.exp(-z_r))
+    z = 1.0 / (1.0 + tl.exp(-z_z))
+    hn = a_n + b_hn
+    n = 2.0 / (1.0 + tl.exp(-2.0 * (x_n + r * hn))) - 1.0
+    return r, z, n, hn, (1.0 - z) * n + z * h_prev
+
+
+@triton.jit
+def rnn_cell(z, RELU: tl.constexpr):
+    """The vanilla RNN step: ``relu(z)`` or ``tanh(z)``."""
+    if RELU:
+        return tl.maximum(z, 0.0)
+    return 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0
+
+
+@triton.jit
+def lstm_cell_back(dh, dc_next, i, f, g, o, c_t, c_prev):
+    """The LSTM step backward -> ``(dz_i, dz_f, dz_g, dz_o, dc)``, ``dc`` being the gradient
+    of ``c[t]`` (``dc * f`` is what flows on to ``c[t-1]``)."""
+    tc = 2.0 / (1.0 + tl.exp(-2.0 * c_t)) - 1.0
+    dc = dc_next + dh * o * (1.0 - tc * tc)
+    return (dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g),
+            dh * tc * o * (1.0 - o), dc)
+
+
+@triton.jit
+def gru_cell_back(dh, r, z, n, hn, h_prev):
+    """The GRU step backward -> ``(dr, dz, dn, dn * r, dh * z)``: the gradients of the three
+    gate pre-activations (``d xproj``), the ``n`` block of ``dhid`` (the gradient of ``a_n``,
+    which the reset gate scales) and the part of ``dh[t-1]`` that bypasses ``W_hh``."""
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    dr = dn * hn * r * (1.0 - r)
+    return dr, dz, dn, dn * r, dh * z
+
+
+@triton.jit
+def rnn_cell_back(dh, h, RELU: tl.constexpr):
+    """The vanilla RNN step backward from the saved activated ``h``: ``dh * act'``."""
+    if RELU:
+        return tl.where(h > 0.0, dh, 0.0)
+    return dh * (1.0 - h * h)

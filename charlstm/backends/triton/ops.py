@@ -24,7 +24,7 @@ from .. import (
     record_run,
     reference,
 )
-from ..contract import CoreKernels, check_core_inputs, make_core_op
+from ..contract import CoreKernels, cell_of, check_core_inputs, make_core_op
 from . import backward as _bwd
 from . import forward as _fwd
 from .common import INTERPRET, KERNEL_DTYPES, choose_launch, default_schedule
@@ -114,6 +114,10 @@ def _check_cell(cell) -> None:
         raise BackendUnavailable(f"charlstm backend 'triton': {why}")
 
 
+def _contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
 def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
             lengths: Optional[Tensor], b_hn: Optional[Tensor] = None, cell: str = "lstm",
             variant: str = ""):
@@ -125,10 +129,11 @@ def forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
         record_run("forward", "reference")
         return reference.forward(xproj, w_hh, h0, c0, lengths, b_hn, cell)
     schedule = _schedule(variant, xproj)
-    T, B, G = xproj.shape
-    out = _fwd.forward(xproj.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(),
-                       None if lengths is None else lengths.contiguous(),
-                       launch=choose_launch(B, G // 4, schedule))
+    T, B, GH = xproj.shape
+    spec = cell_of(cell)
+    out = _fwd.forward(xproj.contiguous(), w_hh.contiguous(), h0.contiguous(), _contiguous(c0),
+                       _contiguous(lengths), _contiguous(b_hn), spec.name,
+                       launch=choose_launch(B, GH // spec.gates, schedule))
     record_run("forward", f"triton:{schedule}")
     return out
 
@@ -144,9 +149,11 @@ def backward(dhs: Tensor, dhT: Tensor, dcT: Optional[Tensor], w_hh: Tensor, h0: 
         return reference.backward(dhs, dhT, dcT, w_hh, h0, c0, hs, cs, gates, lengths, cell)
     schedule = _schedule(variant, w_hh)
     T, B, H = dhs.shape
-    c = [t.contiguous() for t in (dhs.to(w_hh.dtype), dhT.to(w_hh.dtype), dcT.to(w_hh.dtype),
-                                  w_hh, c0, cs, gates)]
-    out = _bwd.backward(*c, None if lengths is None else lengths.contiguous(),
+    D = w_hh.dtype
+    out = _bwd.backward(dhs.to(D).contiguous(), dhT.to(D).contiguous(),
+                        _contiguous(None if dcT is None else dcT.to(D)), w_hh.contiguous(),
+                        h0.contiguous(), _contiguous(c0), hs.contiguous(), cs.contiguous(),
+                        gates.contiguous(), _contiguous(lengths), cell_of(cell).name,
                         launch=choose_launch(B, H, schedule))
     record_run("backward", f"triton:{schedule}")
     return out
