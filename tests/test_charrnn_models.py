@@ -9,21 +9,15 @@ import re
 
 import pytest
 import torch
-from test_charrnn_train import SMALL, grammar_text, unigram_entropy
+from test_charrnn_train import SMALL, _cache, grammar_text, unigram_entropy  # noqa: F401
 
 import charlstm
 from charlstm.charrnn import checkpoint as ckpt_io
-from charlstm.charrnn import data as D
 from charlstm.charrnn import evaluate, sample, train
 from charlstm.cli import main
 from charlstm.viz import record, visualize
 
 LAYER = {"lstm": charlstm.LSTM, "gru": charlstm.GRU, "rnn": charlstm.RNN}
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(D.CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
