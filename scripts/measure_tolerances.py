@@ -15,7 +15,8 @@ Two measurements:
   The bound is ``lstm_cases.TOLERANCES[dtype]``, one for every cell.
 * ``tests/test_cudnn_fixtures.py`` check 1 -- the stored (cuDNN or CPU stand-in) tensors against
   the float64 reference: ``max |fixture - ref64| / (eps(dtype) * max(1, max |ref64|))`` per
-  tensor, worst over cases and tensors, per dtype.  The bound is ``FIXTURE_TOL_EPS[dtype]``.
+  tensor, worst over cases and tensors, per family of cells (fixture file) and dtype.  The bound
+  is ``FIXTURE_TOL_EPS[dtype]``, one for every family.
 
 Exit status 1 when a measured worst exceeds its bound (the tests would fail too).
 """
@@ -75,10 +76,10 @@ def cpu_kernel_backends() -> list[str]:
     return [b for b in ("triton", "cuda") if not backends.unavailable_reason(b, cpu, torch.float32)]
 
 
-def fixture_worst(dtype_name: str) -> tuple[float, str]:
+def fixture_worst(dtype_name: str, family: str) -> tuple[float, str]:
     eps = torch.finfo(getattr(torch, dtype_name)).eps
     worst, where = 0.0, ""
-    for case in fixtures.gen.CASES:
+    for _, case in fixtures.gen.family_cases(family):
         ref = fixtures.reference64(dtype_name, case["name"])
         for k, e in fixtures.fixture_errors(dtype_name, case["name"]).items():
             ratio = e / (eps * fixtures.scale(ref[k]))
@@ -108,12 +109,13 @@ def main(argv=None) -> int:
                 worst, where = worst_over(cases, name, torch.float32)
                 rows.append((f"conformance kernel subset {cell}, {name}", "float32",
                              lstm_cases.TOLERANCES[torch.float32][0], worst, where))
-    for dtype_name in fixtures.gen.DTYPES:
-        worst, where = fixture_worst(dtype_name)
-        source = fixtures.SOURCE[dtype_name]
-        bound = fixtures.FIXTURE_TOL_EPS[getattr(torch, dtype_name)]
-        rows.append((f"cuDNN fixture check 1 ({source}), x eps*scale", dtype_name, bound, worst,
-                     where))
+    for family in fixtures.gen.FAMILIES:
+        for dtype_name in fixtures.gen.DTYPES:
+            worst, where = fixture_worst(dtype_name, family)
+            source = fixtures.SOURCE[f"{family}_{dtype_name}"]
+            bound = fixtures.FIXTURE_TOL_EPS[getattr(torch, dtype_name)]
+            rows.append((f"cuDNN fixture check 1, {family} ({source}), x eps*scale", dtype_name,
+                         bound, worst, where))
     print("| check | dtype | bound | measured worst | bound / worst | worst case |")
     print("|---|---|---|---|---|---|")
     for check, dt, bound, worst, where in rows:
