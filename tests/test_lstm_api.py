@@ -437,6 +437,21 @@ def test_unavailable_backend_says_why(monkeypatch):
         m(torch.randn(2, 1, 3))
 
 
+def test_a_backend_without_the_cell_is_unavailable_for_it(monkeypatch):
+    """The layer resolves its backend with its cell: a backend whose registry entry lacks the
+    cell is unavailable for that layer, with the reason; the LSTM still runs on it."""
+    import dataclasses
+    monkeypatch.setitem(backends._REGISTRY, "reference", dataclasses.replace(
+        backends._REGISTRY["reference"], cells=("lstm",)))
+    x = torch.randn(2, 1, 3)
+    charlstm.LSTM(3, 4, backend="reference")(x)
+    with pytest.raises(charlstm.BackendUnavailable,
+                       match=r"'reference' is unavailable: the reference backend does not "
+                             r"implement the gru cell yet \(it implements lstm\)"):
+        charlstm.GRU(3, 4, backend="reference")(x)
+    assert backends.resolve("auto", x.device, x.dtype, cell="gru") == "torch"
+
+
 class _Spy:
     def __init__(self, monkeypatch):
         self.calls = []
