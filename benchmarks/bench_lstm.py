@@ -1,17 +1,23 @@
-"""Benchmark ``charlstm.LSTM`` per backend against ``torch`` (cuDNN on a GPU).
+"""Benchmark charlstm's recurrent layers per backend against ``torch`` (cuDNN on a GPU): the LSTM,
+and the GRU and RNN cells with ``--cells`` or a row's cell field.
 
 Usage (from the repository root)::
 
     python benchmarks/bench_lstm.py --quick                    # small grid, < 1 minute
     python benchmarks/bench_lstm.py                            # the full grid (GPU: long)
     python benchmarks/bench_lstm.py --row 16,1024,768,bfloat16 # one full-size row (repeatable;
-                                                               #   B,T,H,dtype[,layers])
+                                                               #   B,T,H,dtype[,layers[,cell]])
+    python benchmarks/bench_lstm.py --row 16,1024,768,bf16,1,gru   # the same shape, a GRU
+    python benchmarks/bench_lstm.py --quick --cells lstm gru rnn_tanh   # the grid per cell
     python benchmarks/bench_lstm.py --latency                  # per-step latency, B=1, H=512
     python benchmarks/bench_lstm.py --quick --row ... --latency --out DIR   # sections combine
 
 Full grid: batch (1, 8, 32, 64, 128, 256) x hidden (128, 256, 512, 1024, 2048) x seq (64, 512) x
-layers (1, 3) x dtype (float32, float16, bfloat16) x {forward, forward+backward}; input size =
-hidden, unidirectional.  Every backend of a configuration sees the same weights and inputs.  Each
+layers (1, 3) x dtype (float32, float16, bfloat16) x {forward, forward+backward}, for the LSTM
+(``--cells``: each cell, ``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``); input size =
+hidden, unidirectional.  Every row has a ``cell``; its ``torch`` row is torch's layer of that
+cell (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: cuDNN's on a GPU), so a GRU row's speed-up is
+against cuDNN's GRU.  Every backend of a configuration sees the same weights and inputs.  Each
 kernel path of ``charlstm.backends.variants()`` is timed on its own (``triton:persistent``,
 ``triton:sequence``, ``triton:step``, ``cuda:persistent_tc``, ``cuda:persistent``,
 ``cuda:stepwise``; ``--backends triton`` means all of triton's); a row's ``ran_path`` appears
@@ -20,7 +26,8 @@ a persistent path on a shape it cannot hold is an error row.
 
 Each row: median time (CUDA events on a GPU, ``time.perf_counter`` on a CPU, after warm-up),
 speed-up over ``torch`` measured in the same run (``torch_ms / ms``; > 1 is faster), achieved
-TFLOP/s (``2*T*B*4H*(I+H)`` per layer forward, backward counted as 2x forward), and peak memory
+TFLOP/s (``2*T*B*G*H*(I+H)`` per layer forward with G gates, 4 for the LSTM; backward counted as
+2x forward), and peak memory
 (``torch.cuda.max_memory_allocated`` for one call; n/a on a CPU).
 
 Output under ``benchmarks/results/`` (or ``--out``): ``bench_lstm-<device kind>[-<tag>].json``
@@ -49,41 +56,55 @@ QUICK_GRID = {
 MODES = ("fwd", "fwd+bwd")
 LATENCY = dict(batch=1, hidden=512, seq={"cuda": 4096, "cpu": 256})
 
-COLUMNS = [("section", "section"), ("backend", "backend"), ("dtype", "dtype"), ("batch", "B"),
+TITLE = "charlstm recurrent-layer benchmark (LSTM, GRU, RNN)"
+#: the cells a row may name (the contract's)
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+COLUMNS = [("section", "section"), ("cell", "cell"), ("backend", "backend"), ("dtype", "dtype"),
+           ("batch", "B"),
            ("seq", "T"), ("hidden", "H"), ("layers", "L"), ("mode", "mode"),
            ("median_ms", "ms"), ("speedup_vs_torch", "x torch"), ("tflops", "TFLOP/s"),
            ("us_per_step", "us/step"), ("peak_mem_mib", "peak MiB"), ("error", "error")]
 
 
 def parse_row(text: str) -> dict:
-    """``"B,T,H,dtype[,layers]"`` -> a config dict; a clear error on anything else."""
+    """``"B,T,H,dtype[,layers[,cell]]"`` -> a config dict; a clear error on anything else."""
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) not in (4, 5):
-        raise argparse.ArgumentTypeError(f"--row expects B,T,H,dtype[,layers], got {text!r}")
+    if len(parts) not in (4, 5, 6):
+        raise argparse.ArgumentTypeError(f"--row expects B,T,H,dtype[,layers[,cell]], got "
+                                         f"{text!r}")
     try:
         b, t, h = (int(p) for p in parts[:3])
-        layers = int(parts[4]) if len(parts) == 5 else 1
+        layers = int(parts[4]) if len(parts) >= 5 else 1
         dtype = common.dtype_name(common.parse_dtype(parts[3]))
+        cell = parse_cell(parts[5]) if len(parts) == 6 else "lstm"
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--row {text!r}: {e}") from None
-    return dict(batch=b, seq=t, hidden=h, layers=layers, dtype=dtype)
+    return dict(batch=b, seq=t, hidden=h, layers=layers, dtype=dtype, cell=cell)
+
+
+def parse_cell(text: str) -> str:
+    """A cell name of :data:`CELLS`; ValueError listing them otherwise."""
+    if text not in CELLS:
+        raise ValueError(f"unknown cell {text!r}: expected one of {', '.join(CELLS)}")
+    return text
 
 
 def grid_configs(grid: dict) -> list[dict]:
-    return [dict(batch=b, seq=t, hidden=h, layers=n, dtype=d)
-            for d in grid["dtype"] for n in grid["layers"] for t in grid["seq"]
-            for h in grid["hidden"] for b in grid["batch"]]
+    return [dict(batch=b, seq=t, hidden=h, layers=n, dtype=d, cell=c)
+            for c in grid["cell"] for d in grid["dtype"] for n in grid["layers"]
+            for t in grid["seq"] for h in grid["hidden"] for b in grid["batch"]]
 
 
 def make_case(cfg: dict, device, seed: int = 0):
     """Weights (a state_dict) and inputs shared by every backend of one configuration."""
     import torch
 
-    import charlstm
+    from charlstm.family import make_layer
     dtype = common.parse_dtype(cfg["dtype"])
     g = torch.Generator().manual_seed(seed)
     H, B, T = cfg["hidden"], cfg["batch"], cfg["seq"]
-    base = charlstm.LSTM(H, H, cfg["layers"], backend="torch", device="meta")   # shapes only
+    base = make_layer(cfg["cell"], H, H, num_layers=cfg["layers"], device="meta")  # shapes only
     state = {k: ((torch.rand(v.shape, generator=g) * 2 - 1) / H ** 0.5).to(device, dtype)
              for k, v in base.state_dict().items()}
     x = torch.randn(T, B, H, generator=g).to(device, dtype)
@@ -96,7 +117,8 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
     """Time every backend on one configuration; the first backend must be ``torch``."""
     import torch
 
-    import charlstm
+    from charlstm.backends.contract import cell_of
+    from charlstm.family import make_layer
     rows = []
     dtype = common.parse_dtype(cfg["dtype"])
     try:
@@ -107,8 +129,9 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
     torch_ms = {}
     for name in backends:
         try:
-            model = charlstm.LSTM(cfg["hidden"], cfg["hidden"], cfg["layers"], backend=name,
-                                  device=device, dtype=dtype)
+            model = make_layer(cfg["cell"], cfg["hidden"], cfg["hidden"],
+                               num_layers=cfg["layers"], backend=name, device=device,
+                               dtype=dtype)
             model.load_state_dict(state)
         except (RuntimeError, *common_errors()) as e:
             rows += [dict(cfg, section=section, backend=name, mode=m,
@@ -138,8 +161,9 @@ def measure(cfg: dict, backends: list[str], device, modes, warmup: int, reps: in
                 continue
             row.update(median_ms=r["median_ms"], min_ms=r["min_ms"], timer=r["timer"],
                        reps=r["reps"], peak_mem_mib=r["peak_mem_mib"])
-            flops = common.lstm_flops(cfg["seq"], cfg["batch"], cfg["hidden"], cfg["hidden"],
-                                      cfg["layers"], backward=mode != "fwd")
+            flops = common.rnn_flops(cfg["seq"], cfg["batch"], cfg["hidden"], cfg["hidden"],
+                                     cfg["layers"], backward=mode != "fwd",
+                                     gates=cell_of(cfg["cell"]).gates)
             row["tflops"] = flops / (r["median_ms"] * 1e-3) / 1e12
             row["us_per_step"] = r["median_ms"] * 1e3 / cfg["seq"]
             if name == "torch":
@@ -177,20 +201,22 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
     T = max(r["seq"] for r in grid)
     L = min(r["layers"] for r in grid)
     grid = [r for r in grid if r["seq"] == T and r["layers"] == L]
-    panels = sorted({(r["backend"], r["mode"], r["dtype"]) for r in grid})
+    panels = sorted({(r["backend"], r["mode"], r["dtype"], r.get("cell", "lstm")) for r in grid})
     cols = min(3, len(panels))
     nrows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
-    for ax, (b, m, d) in zip(axes.flat, panels):
+    for ax, (b, m, d, c) in zip(axes.flat, panels):
         for h in sorted({r["hidden"] for r in grid}):
             pts = sorted((r["batch"], r["speedup_vs_torch"]) for r in grid
-                         if (r["backend"], r["mode"], r["dtype"], r["hidden"]) == (b, m, d, h))
+                         if (r["backend"], r["mode"], r["dtype"], r.get("cell", "lstm"),
+                             r["hidden"]) == (b, m, d, c, h))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"H={h}")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(f"{b} {m} {d} (T={T}, L={L})", fontsize=9)
+        ax.set_title(f"{b} {m} {d}" + ("" if c == "lstm" else f" {c}") + f" (T={T}, L={L})",
+                     fontsize=9)
         ax.set_xlabel("batch")
         ax.set_ylabel("speed-up over torch")
         ax.legend(fontsize=7)
@@ -221,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, nargs="+", help="override the grid's sequence lengths")
     ap.add_argument("--layers", type=int, nargs="+", help="override the grid's layer counts")
     ap.add_argument("--dtypes", nargs="+", help="override the grid's dtypes")
+    ap.add_argument("--cells", nargs="+", type=parse_cell, metavar="CELL",
+                    help=f"the grid's cells (default lstm; {', '.join(CELLS)})")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
@@ -238,11 +266,11 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (10 if kind == "cuda" else 2)
     reps = args.reps if args.reps is not None else (30 if kind == "cuda" else 5)
 
-    overrides = any((args.batch, args.hidden, args.seq, args.layers, args.dtypes))
+    overrides = any((args.batch, args.hidden, args.seq, args.layers, args.dtypes, args.cells))
     run_grid = args.grid or args.quick or overrides or not (args.row or args.latency)
-    grid = dict(QUICK_GRID[kind] if args.quick else FULL_GRID)
+    grid = dict(QUICK_GRID[kind] if args.quick else FULL_GRID, cell=["lstm"])
     for key, arg in (("batch", args.batch), ("hidden", args.hidden), ("seq", args.seq),
-                     ("layers", args.layers), ("dtype", args.dtypes)):
+                     ("layers", args.layers), ("dtype", args.dtypes), ("cell", args.cells)):
         if arg:
             grid[key] = arg
     grid["dtype"] = [common.dtype_name(common.parse_dtype(d)) for d in grid["dtype"]]
@@ -253,7 +281,7 @@ def main(argv=None) -> int:
     plan += [("row", c, args.modes) for c in args.row]
     lat = None
     if args.latency:
-        lat = dict(batch=LATENCY["batch"], hidden=LATENCY["hidden"], layers=1,
+        lat = dict(batch=LATENCY["batch"], hidden=LATENCY["hidden"], layers=1, cell="lstm",
                    seq=args.latency_seq or LATENCY["seq"][kind],
                    dtype=common.dtype_name(common.parse_dtype(
                        args.latency_dtype or ("bfloat16" if kind == "cuda" else "float32"))))
@@ -263,29 +291,31 @@ def main(argv=None) -> int:
     config = {"grid": grid if run_grid else None, "rows": args.row, "latency": lat,
               "modes": args.modes, "warmup": warmup, "reps": reps, "backends": args.backends,
               "input_size": "= hidden", "bidirectional": False,
-              "flops": "2*T*B*4H*(I+H) per layer forward; fwd+bwd = 3x forward"}
+              "flops": "2*T*B*G*H*(I+H) per layer forward (G gates: LSTM 4, GRU 3, RNN 1); "
+                       "fwd+bwd = 3x forward"}
     tag = args.tag or ("quick" if args.quick else None)
     rows, skipped_all = [], {}
     torch.manual_seed(0)
     for i, (section, cfg, modes) in enumerate(plan):
         names, skipped = common.select_backends(args.backends, device,
-                                                common.parse_dtype(cfg["dtype"]), variants=True)
+                                                common.parse_dtype(cfg["dtype"]), variants=True,
+                                                cell=cfg["cell"])
         for n, why in skipped.items():
-            skipped_all.setdefault(f"{n} ({cfg['dtype']})", why)
+            skipped_all.setdefault(f"{n} ({cfg['dtype']}, {cfg['cell']})", why)
         new = measure(cfg, names, device, modes, warmup, reps, section)
         rows += new
         done = [f"{r['backend']}/{r['mode']}=" + (common.fmt(r.get('median_ms')) + "ms"
                                                  if "error" not in r else "error") for r in new]
-        print(f"[{i + 1}/{len(plan)}] {section} B={cfg['batch']} T={cfg['seq']} H={cfg['hidden']} "
-              f"L={cfg['layers']} {cfg['dtype']}: {' '.join(done)}", flush=True)
+        print(f"[{i + 1}/{len(plan)}] {section} {cfg['cell']} B={cfg['batch']} T={cfg['seq']} "
+              f"H={cfg['hidden']} L={cfg['layers']} {cfg['dtype']}: {' '.join(done)}", flush=True)
         if i + 1 < len(plan):   # a killed run (timeout, hung kernel) keeps what it measured
             common.write_partial("bench_lstm", tag, args.out, env, config, rows, COLUMNS,
-                                 title="charlstm LSTM benchmark", done=i + 1, total=len(plan))
+                                 title=TITLE, done=i + 1, total=len(plan))
 
     draw = None if args.no_plot else (
         lambda png: plot(rows, png, f"speed-up over torch, {env['device_name']}"))
     return common.finish("bench_lstm", tag, args.out,
-                         env, device, config, rows, COLUMNS, title="charlstm LSTM benchmark",
+                         env, device, config, rows, COLUMNS, title=TITLE,
                          notes=[f"skipped {k}: {v}" for k, v in skipped_all.items()], plot=draw)
 
 

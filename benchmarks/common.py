@@ -239,9 +239,11 @@ def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, reps: int = 10
             "reps": reps, "timer": timer, "peak_mem_mib": peak}
 
 
-def lstm_flops(seq: int, batch: int, input_size: int, hidden: int, layers: int = 1,
-               directions: int = 1, backward: bool = False) -> float:
-    """FLOPs of an LSTM: ``2*T*B*4H*(I+H)`` per layer and direction forward; backward ~ 2x forward.
+def rnn_flops(seq: int, batch: int, input_size: int, hidden: int, layers: int = 1,
+              directions: int = 1, backward: bool = False, gates: int = 4) -> float:
+    """FLOPs of a recurrent layer with ``gates`` gate blocks (LSTM 4, GRU 3, RNN 1: the
+    contract's ``Cell.gates``): ``2*T*B*G*H*(I+H)`` per layer and direction forward (the two
+    matrix products; the pointwise work is left out); backward ~ 2x forward.
 
     Layers above the first see ``directions * H`` inputs.  ``backward=True`` returns forward +
     backward (3x forward).
@@ -249,13 +251,13 @@ def lstm_flops(seq: int, batch: int, input_size: int, hidden: int, layers: int =
     total = 0.0
     for layer in range(layers):
         i = input_size if layer == 0 else directions * hidden
-        total += directions * 2.0 * seq * batch * 4 * hidden * (i + hidden)
+        total += directions * 2.0 * seq * batch * gates * hidden * (i + hidden)
     return total * (3.0 if backward else 1.0)
 
 
 # ----------------------------------------------------------------------------- backends
 def select_backends(requested: Optional[Iterable[str]], device, dtype, *,
-                    variants: bool = False) -> tuple[list, dict]:
+                    variants: bool = False, cell: str = "lstm") -> tuple[list, dict]:
     """Which backends to run: ``(names, skipped)`` where ``skipped`` maps name -> reason.
 
     ``variants=False`` (the char-rnn benchmarks): backend names, each kernel backend running its
@@ -266,7 +268,8 @@ def select_backends(requested: Optional[Iterable[str]], device, dtype, *,
     Default (``requested`` None): everything registered that can run here, except ``triton`` on
     a CPU (the interpreter is a correctness tool, not a performance target) and ``reference`` on a
     GPU (a Python loop of small kernels: the full grid would take hours); name them to include them.
-    ``torch`` always comes first because every ratio is taken against it.
+    ``torch`` always comes first because every ratio is taken against it.  A backend that does
+    not implement ``cell`` is skipped with the registry's reason.
     """
     from charlstm import backends as B
     explicit = requested is not None
@@ -288,7 +291,7 @@ def select_backends(requested: Optional[Iterable[str]], device, dtype, *,
             skipped[n] = ("the specification (a Python loop of small ops), not a performance "
                           "target on a GPU; pass --backends ...,reference to include it")
             continue
-        why = B.unavailable_reason(n, device, dtype)
+        why = B.unavailable_reason(n, device, dtype, cell)
         if why:
             skipped[n] = why
         else:

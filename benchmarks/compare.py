@@ -40,7 +40,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 THRESHOLD = 0.10
 #: the headline rows of the GPU check come from ``--row`` and ``--latency`` (not the grid)
 HEADLINE_SECTIONS = ("row", "latency")
-KEY_FIELDS = ("section", "backend", "dtype", "batch", "seq", "hidden", "layers", "mode")
+KEY_FIELDS = ("section", "backend", "dtype", "batch", "seq", "hidden", "layers", "mode", "cell")
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_NO_BASELINE = 0, 1, 2, 3
 
 
@@ -80,7 +80,9 @@ def load(path: Path) -> dict:
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(row.get(k) for k in KEY_FIELDS)
+    """The row's identity; a row without a ``cell`` (files from before the GRU and RNN rows) is
+    an LSTM row."""
+    return tuple(row.get(k, "lstm" if k == "cell" else None) for k in KEY_FIELDS)
 
 
 def _identity(result: dict) -> tuple:
@@ -183,7 +185,7 @@ def table(entries: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         cells = (
-            e["backend"],
+            e["backend"] + ("" if e["cell"] == "lstm" else f" ({e['cell']})"),
             e["dtype"],
             e["batch"],
             e["seq"],

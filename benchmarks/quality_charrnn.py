@@ -1,21 +1,24 @@
-"""Quality at a fixed time budget: charlstm's CharRNN vs the same model on plain ``torch.nn.LSTM``.
+"""Quality at a fixed time budget: charlstm's CharRNN vs the same model on torch's own layer
+(``torch.nn.LSTM``, ``nn.GRU`` or ``nn.RNN``, per ``--model``).
 
 Both models train on tiny-shakespeare (``../shared/corpora/tinyshakespeare.txt`` from the project
-root, char-rnn's 95/5 split) with the same data pipeline (char-rnn stream batches, carried
-state), the same initial weights (copied), optimizer (RMSprop 2e-3, alpha 0.95), gradient clamp
-(5) and seed, each for ``--budget-s`` seconds of *process CPU time* spent training
-(``time.process_time``,
-validation excluded; with ``--threads 1`` by default, so a busy shared machine slows the run
-down but does not change how much work fits in the budget). The
-only difference is the model class, so this measures what the charlstm layer costs or saves and
-checks that it learns as well.  Prints a Markdown table and one JSON line.
+root, char-rnn's 95/5 split; ``--data bundled``: charlstm's default corpus) with the same data
+pipeline (char-rnn stream batches, carried state), the same initial weights (copied), optimizer
+(RMSprop 2e-3, alpha 0.95), gradient clamp (5) and seed, each for ``--budget-s`` seconds of
+*process CPU time* spent training (``time.process_time``, validation excluded; with
+``--threads 1`` by default, so a busy shared machine slows the run down but does not change how
+much work fits in the budget).  The only difference is the recurrent layer's class (the plain
+model is the same ``CharRNN`` with its layer swapped for torch's, holding copies of the same
+weights), so this measures what the charlstm layer costs or saves and checks that it learns as
+well.  Prints a Markdown table and one JSON line.
 
-    python benchmarks/quality_charrnn.py --budget-s 300 [--threads 1] [--device cpu] \
-        [--backend auto]
+    python benchmarks/quality_charrnn.py --budget-s 300 [--model lstm|gru|rnn] [--threads 1] \
+        [--device cpu] [--backend auto] [--data bundled]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -24,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,26 +34,22 @@ sys.path.insert(0, str(ROOT))
 from charlstm.charrnn import CharRNN  # noqa: E402
 from charlstm.charrnn.data import StreamBatcher, load_corpus, split  # noqa: E402
 from charlstm.charrnn.evaluate import stream_loss  # noqa: E402
+from charlstm.charrnn.model import MODELS  # noqa: E402
 from charlstm.charrnn.train import batch_loss  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
-class PlainCharRNN(nn.Module):
-    """The same architecture written directly on ``torch.nn.LSTM`` (same parameter names)."""
-
-    def __init__(self, vocab_size, rnn_size, num_layers, dropout=0.0):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.embed = nn.Embedding(vocab_size, rnn_size)
-        self.rnn = nn.LSTM(rnn_size, rnn_size, num_layers, batch_first=True,
-                           dropout=dropout if num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(dropout)
-        self.decoder = nn.Linear(rnn_size, vocab_size)
-
-    def forward(self, idx, state=None):
-        out, state = self.rnn(self.embed(idx), state)
-        return self.decoder(self.drop(out)), state
+def plain_twin(model: CharRNN) -> CharRNN:
+    """A copy of ``model`` whose recurrent layer is torch's own (``nn.LSTM``, ``nn.GRU`` or
+    ``nn.RNN``) holding copies of the same weights: only the layer class differs."""
+    from charlstm.family import make_layer
+    rnn = model.rnn
+    twin = copy.deepcopy(model)
+    twin.rnn = make_layer(rnn.cell.name, rnn.input_size, rnn.hidden_size, plain=True,
+                          num_layers=rnn.num_layers, dropout=rnn.dropout, batch_first=True)
+    twin.rnn.load_state_dict(rnn.state_dict())
+    return twin.to(next(model.parameters()).device)
 
 
 def run(name, model, batcher, val_ids, args, dev):
@@ -91,6 +89,8 @@ def run(name, model, batcher, val_ids, args, dev):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=300)
+    p.add_argument("--model", default="lstm", choices=tuple(MODELS),
+                   help="the recurrent layer (charlstm train --model)")
     p.add_argument("--rnn-size", type=int, default=128)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--seq-length", type=int, default=50)
@@ -115,16 +115,19 @@ def main(argv=None) -> int:
     train_ids, val_ids, _ = split(corpus.ids, 0.95, 0.05)
     batcher = StreamBatcher(train_ids, args.batch_size, args.seq_length)
     torch.manual_seed(args.seed)
-    ours = CharRNN(len(corpus.vocab), args.rnn_size, args.num_layers, backend=args.backend).to(dev)
-    plain = PlainCharRNN(len(corpus.vocab), args.rnn_size, args.num_layers).to(dev)
-    plain.load_state_dict(ours.state_dict())
-    results = [run(f"charlstm CharRNN (backend {args.backend})", ours, batcher, val_ids, args, dev),
-               run("plain nn.LSTM model", plain, batcher, val_ids, args, dev)]
+    ours = CharRNN(len(corpus.vocab), args.rnn_size, args.num_layers, backend=args.backend,
+                   cell=args.model).to(dev)
+    plain = plain_twin(ours)
+    torch_name = f"nn.{type(plain.rnn).__name__}"
+    results = [run(f"charlstm CharRNN --model {args.model} (backend {args.backend})", ours,
+                   batcher, val_ids, args, dev),
+               run(f"the same model on plain {torch_name}", plain, batcher, val_ids, args, dev)]
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": str(dev),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                        f"{platform.processor() or platform.platform()}",
             "torch": torch.__version__, "params": sum(q.numel() for q in ours.parameters()),
-            "budget_s": args.budget_s, "data": corpus.source, "vocab": len(corpus.vocab),
+            "budget_s": args.budget_s, "model": args.model, "data": corpus.source,
+            "vocab": len(corpus.vocab),
             "batch_size": args.batch_size, "seq_length": args.seq_length}
     print("| model | iterations | train CPU s | wall s | chars/CPU s | epochs | val loss (nats) "
           "| bits/char |")

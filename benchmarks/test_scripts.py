@@ -8,6 +8,7 @@ tested in ``tests/test_gpu_check.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,26 +22,31 @@ from benchmarks import bench_lstm, bench_sample, bench_train, common
 GPU = torch.cuda.is_available()
 
 
-def test_lstm_flops_formula():
-    # 2*T*B*4H*(I+H) per layer and direction; layer 2 sees D*H inputs; fwd+bwd = 3x fwd
-    assert common.lstm_flops(10, 2, 3, 5) == 2 * 10 * 2 * 4 * 5 * (3 + 5)
+def test_rnn_flops_formula():
+    # 2*T*B*G*H*(I+H) per layer and direction (G = 4 for the LSTM); layer 2 sees D*H inputs;
+    # fwd+bwd = 3x fwd
+    assert common.rnn_flops(10, 2, 3, 5) == 2 * 10 * 2 * 4 * 5 * (3 + 5)
     two = 2 * (2 * 10 * 2 * 4 * 5 * (3 + 5)) + 2 * (2 * 10 * 2 * 4 * 5 * (10 + 5))
-    assert common.lstm_flops(10, 2, 3, 5, layers=2, directions=2) == two
-    assert common.lstm_flops(10, 2, 3, 5, backward=True) == 3 * common.lstm_flops(10, 2, 3, 5)
+    assert common.rnn_flops(10, 2, 3, 5, layers=2, directions=2) == two
+    assert common.rnn_flops(10, 2, 3, 5, backward=True) == 3 * common.rnn_flops(10, 2, 3, 5)
+    assert common.rnn_flops(10, 2, 3, 5, gates=3) == 2 * 10 * 2 * 3 * 5 * (3 + 5)     # GRU
 
 
 def test_parse_row_and_dtype_errors():
     assert bench_lstm.parse_row("16,1024,768,bf16") == dict(batch=16, seq=1024, hidden=768,
-                                                            layers=1, dtype="bfloat16")
+                                                            layers=1, dtype="bfloat16",
+                                                            cell="lstm")
     assert bench_lstm.parse_row("1,2,3,float32,3")["layers"] == 3
-    for bad in ("16,1024,768", "a,2,3,float32", "1,2,3,int8"):
+    assert bench_lstm.parse_row("1,2,3,float32,1,gru")["cell"] == "gru"
+    for bad in ("16,1024,768", "a,2,3,float32", "1,2,3,int8", "1,2,3,float32,1,lstmm",
+                "1,2,3,float32,1,gru,x"):
         with pytest.raises(Exception, match="--row"):
             bench_lstm.parse_row(bad)
     with pytest.raises(ValueError, match="unknown dtype"):
         common.parse_dtype("float8")
 
 
-def test_select_backends_puts_torch_first_and_explains_skips():
+def test_select_backends_puts_torch_first_and_explains_skips(monkeypatch):
     cpu = torch.device("cpu")
     names, skipped = common.select_backends(None, cpu, torch.float32)
     assert names[0] == "torch" and "reference" in names
@@ -54,6 +60,12 @@ def test_select_backends_puts_torch_first_and_explains_skips():
     assert names[0] == "torch" and names[-1] == "reference"
     assert set(names[1:-1]) | set(skipped) == {"triton:persistent", "triton:sequence",
                                                "triton:step"}
+    # a backend without the cell is skipped with the registry's reason
+    from charlstm import backends
+    monkeypatch.setitem(backends._REGISTRY, "reference", dataclasses.replace(
+        backends._REGISTRY["reference"], cells=("lstm",)))
+    names, skipped = common.select_backends(["reference"], cpu, torch.float32, cell="gru")
+    assert names == ["torch"] and "does not implement the gru cell" in skipped["reference"]
 
 
 def test_time_fn_counts_reps():
@@ -76,7 +88,8 @@ def _load(out, prefix):
 
 def test_bench_lstm_end_to_end(tmp_path):
     argv = ["--batch", "1", "2", "--hidden", "8", "16", "--seq", "3", "--layers", "1",
-            "--dtypes", "float32", "--row", "2,4,8,float32,2", "--latency", "--latency-seq", "4",
+            "--dtypes", "float32", "--row", "2,4,8,float32,2", "--row", "2,4,8,float32,1,gru",
+            "--latency", "--latency-seq", "4",
             "--warmup", "0", "--reps", "1", "--backends", "torch,reference",
             "--device", "cuda" if GPU else "cpu", "--out", str(tmp_path), "--tag", "t"]
     assert bench_lstm.main(argv) == 0
@@ -85,6 +98,13 @@ def test_bench_lstm_end_to_end(tmp_path):
     assert {r["section"] for r in rows} == {"grid", "row", "latency"}
     # B x H x backends x modes
     assert len([r for r in rows if r["section"] == "grid"]) == 2 * 2 * 2 * 2
+    # the GRU row: its torch row is nn.GRU, its FLOPs those of 3 gates
+    gru = {(r["backend"], r["mode"]): r for r in rows if r["cell"] == "gru"}
+    assert set(gru) == {(b, m) for b in ("torch", "reference") for m in ("fwd", "fwd+bwd")}
+    assert {r["cell"] for r in rows if r["section"] != "row"} == {"lstm"}
+    r = gru["reference", "fwd"]
+    assert r["tflops"] * r["median_ms"] * 1e-3 * 1e12 == pytest.approx(
+        common.rnn_flops(4, 2, 8, 8, gates=3))
     for r in rows:
         assert "error" not in r, r
         assert r["median_ms"] > 0 and r["tflops"] > 0
@@ -161,6 +181,28 @@ def test_gpu_canary_script_runs_under_the_interpreter():
                        timeout=120, env=env)
     assert p.returncode == 77, p.stdout + p.stderr   # no GPU: "cannot run here", not a failure
     assert p.stdout.strip().splitlines()[-1].startswith("cuda:persistent cannot run here: ")
+
+
+def test_gpu_canary_and_sanitizer_take_a_cell():
+    """The canary runs a GRU through the same check (the reference core here: every backend's
+    cells are the registry's business); the sanitizer case script parses --cells and, without a
+    GPU, says it cannot run (77)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    scripts = common.ROOT / "scripts"
+    p = subprocess.run([sys.executable, str(scripts / "gpu_canary.py"), "reference", "--device",
+                        "cpu", "--shape", "3,4,8", "--cell", "gru"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "reference gru float32 T=3 B=4 H=8: ran reference/reference" in p.stdout
+    assert "within the 2x rule" in p.stdout
+    p = subprocess.run([sys.executable, str(scripts / "cuda_sanitize_case.py"), "--cells",
+                        "gru,nope"], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2 and "--cells 'gru,nope': expected 'all' or names" in p.stderr
+    if not GPU:
+        p = subprocess.run([sys.executable, str(scripts / "cuda_sanitize_case.py"), "--cells",
+                            "all", "cuda:persistent"], capture_output=True, text=True,
+                           timeout=120, env=env)
+        assert p.returncode == 77 and "no CUDA GPU" in p.stdout
 
 
 def test_finish_without_matplotlib_skips_the_plot_with_a_note(tmp_path, monkeypatch, capsys):

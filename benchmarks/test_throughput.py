@@ -64,7 +64,7 @@ def test_lstm_throughput(benchmark, variant, mode, size):
         pytest.skip(f"{variant}: {why}")
     benchmark.group = f"{mode} {_size_id(size)} on {common.device_kind(DEVICE)}"
     benchmark.extra_info.update(backend=variant, mode=mode, batch=B, seq=T, hidden=H, dtype=dname,
-                                tflop=common.lstm_flops(T, B, H, H, backward=mode != "fwd") / 1e12)
+                                tflop=common.rnn_flops(T, B, H, H, backward=mode != "fwd") / 1e12)
     torch.manual_seed(0)
     model = charlstm.LSTM(H, H, backend=variant).to(DEVICE, dtype)
     x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode != "fwd")

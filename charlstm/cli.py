@@ -32,9 +32,10 @@ def backend_name(name: str) -> str:
 
 def _add_train(sub) -> None:
     from .charrnn.data import DEFAULT_STDLIB_CAP
+    from .charrnn.model import MODELS
     p = sub.add_parser("train", help="train a char-rnn model on a text",
-                       description="Train a character-level LSTM language model (char-rnn). "
-                                   "Defaults follow Karpathy's char-rnn.",
+                       description="Train a character-level language model (char-rnn): an "
+                                   "LSTM, GRU or RNN. Defaults follow Karpathy's char-rnn.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None,
@@ -45,11 +46,14 @@ def _add_train(sub) -> None:
     g.add_argument("--train-frac", type=float, default=0.95)
     g.add_argument("--val-frac", type=float, default=0.05, help="test gets the rest")
     g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, choices=tuple(MODELS),
+                   help="the recurrent layer, as char-rnn's -model: lstm, gru or rnn (tanh); "
+                        "default lstm, or with --resume / --init-from the checkpoint's")
     g.add_argument("--rnn-size", type=int, default=128)
     g.add_argument("--num-layers", type=int, default=2)
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR,
-                   help="charlstm.LSTM backend")
+                   help="the recurrent layer's backend")
     g = p.add_argument_group("optimisation")
     g.add_argument("--seq-length", type=int, default=50)
     g.add_argument("--batch-size", type=int, default=50,
@@ -114,8 +118,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (a batch)")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", type=backend_name, metavar=BACKEND_METAVAR,
-                   help="charlstm.LSTM backend (whatever trained the checkpoint); on a CPU "
-                        "auto samples with the CPU step (docs/charrnn.md)")
+                   help="the recurrent layer's backend (whatever trained the checkpoint); on a "
+                        "CPU auto samples with the CPU step (docs/charrnn.md)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="on a GPU, replay each step from a CUDA graph (less launch overhead; "
                         "falls back to eager steps with a warning if capture fails)")
@@ -143,9 +147,10 @@ def _add_eval(sub) -> None:
 def _add_viz(sub) -> None:
     from .viz import DEFAULT_MAX_CHARS
     p = sub.add_parser("viz", help="an HTML page of a model's cells over a text",
-                       description="Colour every character of a text by one LSTM cell's value "
-                                   "(tanh(c) or h), with the model's top-5 guesses for the next "
-                                   "character; one self-contained HTML file.",
+                       description="Colour every character of a text by one cell's value "
+                                   "(an LSTM's tanh(c) or h; a GRU's or RNN's h), with the "
+                                   "model's top-5 guesses for the next character; one "
+                                   "self-contained HTML file.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint file or directory (then its latest.pt)")
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to run the model on")
@@ -153,7 +158,8 @@ def _add_viz(sub) -> None:
     p.add_argument("--cell", default=None, metavar="L:N",
                    help="layer and cell shown first, both from 0 (default: the best --find "
                         "match, else 0:0)")
-    p.add_argument("--kind", default="c", choices=("c", "h"), help="c: tanh(c), h: h")
+    p.add_argument("--kind", default=None, choices=("c", "h"),
+                   help="c: tanh(c) (LSTM only), h: h (default: c for an LSTM, h otherwise)")
     p.add_argument("--find", action="store_true",
                    help="rank cells by how well they track quotes/strings, position in the "
                         "line, indentation, bracket depth, comments, newlines; print the best")
@@ -163,14 +169,14 @@ def _add_viz(sub) -> None:
                    help="show the first N characters of the text")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto",
-                   help="charlstm.LSTM backend, any name train takes (auto: the reference "
-                        "core, since torch/cuDNN keeps no per-step c)")
+                   help="the recurrent layer's backend, any name train takes (auto: the "
+                        "reference core, since torch/cuDNN keeps no per-step states)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charlstm",
-                                     description="charlstm: fused LSTM kernels and a char-rnn "
-                                                 "trainer/sampler")
+                                     description="charlstm: fused LSTM/GRU/RNN kernels and a "
+                                                 "char-rnn trainer/sampler")
     sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,viz,info}")
     sub.required = True
     _add_train(sub)

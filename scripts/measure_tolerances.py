@@ -7,15 +7,16 @@ bounds the tests use (the table in docs/testing.md comes from this script).
 
 Two measurements:
 
-* ``tests/test_lstm_conformance.py`` -- charlstm.LSTM against torch.nn.LSTM on the same data,
-  every output and gradient: the smallest ``tol`` for which
+* ``tests/test_lstm_conformance.py`` -- charlstm's layers against torch's (LSTM, GRU, RNN) on the
+  same data, every output and gradient: the smallest ``tol`` for which
   ``assert_close(got, ref, atol=tol, rtol=tol)`` passes, i.e. ``max |got - ref| / (1 + |ref|)``
-  over every element of every tensor of every case.  Per dtype over the whole grid (reference
+  over every element of every tensor of every case.  Per cell and dtype over its grid (reference
   backend), and in float32 over the kernel subset for each kernel backend that runs here.
-  The bound is ``lstm_cases.TOLERANCES[dtype]``.
+  The bound is ``lstm_cases.TOLERANCES[dtype]``, one for every cell.
 * ``tests/test_cudnn_fixtures.py`` check 1 -- the stored (cuDNN or CPU stand-in) tensors against
   the float64 reference: ``max |fixture - ref64| / (eps(dtype) * max(1, max |ref64|))`` per
-  tensor, worst over cases and tensors, per dtype.  The bound is ``FIXTURE_TOL_EPS[dtype]``.
+  tensor, worst over cases and tensors, per family of cells (fixture file) and dtype.  The bound
+  is ``FIXTURE_TOL_EPS[dtype]``, one for every family.
 
 Exit status 1 when a measured worst exceeds its bound (the tests would fail too).
 """
@@ -48,6 +49,14 @@ def needed_tol(ref: dict, got: dict) -> float:
                 / (1 + ref[k].double().cpu().abs())).max().item() for k in ref)
 
 
+def by_cell(cases) -> dict:
+    """``cases`` grouped by their cell, in order of first appearance."""
+    out: dict = {}
+    for case in cases:
+        out.setdefault(case.cell, []).append(case)
+    return out
+
+
 def worst_over(cases, backend: str, dtype) -> tuple[float, str]:
     worst, where = 0.0, ""
     for case in cases:
@@ -67,10 +76,10 @@ def cpu_kernel_backends() -> list[str]:
     return [b for b in ("triton", "cuda") if not backends.unavailable_reason(b, cpu, torch.float32)]
 
 
-def fixture_worst(dtype_name: str) -> tuple[float, str]:
+def fixture_worst(dtype_name: str, family: str) -> tuple[float, str]:
     eps = torch.finfo(getattr(torch, dtype_name)).eps
     worst, where = 0.0, ""
-    for case in fixtures.gen.CASES:
+    for _, case in fixtures.gen.family_cases(family):
         ref = fixtures.reference64(dtype_name, case["name"])
         for k, e in fixtures.fixture_errors(dtype_name, case["name"]).items():
             ratio = e / (eps * fixtures.scale(ref[k]))
@@ -87,21 +96,26 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     rows, failed = [], False
     t0 = time.perf_counter()
-    for dtype in (torch.float64, torch.float32):
-        worst, where = worst_over(conformance.ALL, "reference", dtype)
-        rows.append(("conformance grid, reference", str(dtype).replace("torch.", ""),
-                     lstm_cases.TOLERANCES[dtype][0], worst, where))
+    for cell, cases in by_cell(conformance.ALL_CELLS).items():
+        for dtype in (torch.float64, torch.float32):
+            worst, where = worst_over(cases, "reference", dtype)
+            rows.append((f"conformance grid {cell}, reference", str(dtype).replace("torch.", ""),
+                         lstm_cases.TOLERANCES[dtype][0], worst, where))
     if not args.no_kernels:
         for name in cpu_kernel_backends():
-            worst, where = worst_over(conformance.KERNEL_SUBSET, name, torch.float32)
-            rows.append((f"conformance kernel subset, {name}", "float32",
-                         lstm_cases.TOLERANCES[torch.float32][0], worst, where))
-    for dtype_name in fixtures.gen.DTYPES:
-        worst, where = fixture_worst(dtype_name)
-        source = fixtures.SOURCE[dtype_name]
-        bound = fixtures.FIXTURE_TOL_EPS[getattr(torch, dtype_name)]
-        rows.append((f"cuDNN fixture check 1 ({source}), x eps*scale", dtype_name, bound, worst,
-                     where))
+            for cell, cases in by_cell(conformance.KERNEL_CASES).items():
+                if backends.cell_reason(backends.parse_name(name)[0], cell):
+                    continue
+                worst, where = worst_over(cases, name, torch.float32)
+                rows.append((f"conformance kernel subset {cell}, {name}", "float32",
+                             lstm_cases.TOLERANCES[torch.float32][0], worst, where))
+    for family in fixtures.gen.FAMILIES:
+        for dtype_name in fixtures.gen.DTYPES:
+            worst, where = fixture_worst(dtype_name, family)
+            source = fixtures.SOURCE[f"{family}_{dtype_name}"]
+            bound = fixtures.FIXTURE_TOL_EPS[getattr(torch, dtype_name)]
+            rows.append((f"cuDNN fixture check 1, {family} ({source}), x eps*scale", dtype_name,
+                         bound, worst, where))
     print("| check | dtype | bound | measured worst | bound / worst | worst case |")
     print("|---|---|---|---|---|---|")
     for check, dt, bound, worst, where in rows:

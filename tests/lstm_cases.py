@@ -1,21 +1,22 @@
-"""Shared helpers for comparing a ``charlstm.LSTM`` backend against ``torch.nn.LSTM``.
+"""Shared helpers for comparing a charlstm layer (``LSTM``, ``GRU``, ``RNN``) on a backend against
+torch's own (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``).
 
-Used by the conformance tests of every backend: a new backend adds its name to a list, it does
-not copy these.  ``run_pair`` builds both modules from one state_dict, feeds them the same
-input (padded, unbatched or packed), backpropagates the same upstream gradient through
-outputs, ``h_n`` and ``c_n``, and returns everything to compare.
+Used by the conformance tests of every backend and cell: a new backend adds its name to a list,
+a case names its cell (:data:`charlstm.backends.contract.CELLS`); nothing is copied per cell.
+``run_pair`` builds both modules from one state_dict, feeds them the same input (padded,
+unbatched or packed), backpropagates the same upstream gradient through outputs and the final
+state (``h_n``, and ``c_n`` for the LSTM), and returns everything to compare.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-import charlstm
+from charlstm.family import make_layer
 
-#: (atol, rtol) per dtype for charlstm vs torch.nn.LSTM on the CPU, atol = rtol = tol, i.e.
+#: (atol, rtol) per dtype for charlstm vs torch's layer on the CPU, atol = rtol = tol, i.e.
 #: |got - ref| <= tol * (1 + |ref|) for every output and gradient.  Both sides compute in the
 #: dtype and differ only in summation order.  Measured worst over the conformance grid
 #: (``python scripts/measure_tolerances.py``, torch 2.13.0+cpu, 2-core EPYC; worst case the
@@ -38,14 +39,22 @@ class Case:
     kind: str = "padded"           # padded | unbatched | packed | packed_unsorted
     with_hx: bool = True
     lengths: list = field(default_factory=list)
+    cell: str = "lstm"             # lstm | gru | rnn_tanh | rnn_relu
+
+    @property
+    def has_c(self) -> bool:
+        return self.cell == "lstm"
 
     def module_kwargs(self) -> dict:
-        return dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                    bidirectional=self.bidirectional, proj_size=self.proj_size)
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  bidirectional=self.bidirectional)
+        if self.proj_size:
+            kw["proj_size"] = self.proj_size
+        return kw
 
     def id(self) -> str:
-        parts = [self.kind, f"L{self.num_layers}", f"T{self.T}", f"B{self.B}",
-                 f"H{self.hidden_size}"]
+        parts = ([] if self.cell == "lstm" else [self.cell]) + [
+            self.kind, f"L{self.num_layers}", f"T{self.T}", f"B{self.B}", f"H{self.hidden_size}"]
         if not self.bias:
             parts.append("nobias")
         if self.batch_first:
@@ -83,9 +92,11 @@ def is_own_inverse(perm: list) -> bool:
 
 
 def make_data(case: Case, dtype=torch.float64, device="cpu") -> dict:
-    """Seeded inputs for ``case``: a state_dict, x, hx (or None) and packed lengths."""
+    """Seeded inputs for ``case``: a state_dict, x, hx (the cell's form: ``(h0, c0)`` or ``h0``;
+    or None) and packed lengths."""
     torch.manual_seed(1234)
-    proto = nn.LSTM(case.input_size, case.hidden_size, **case.module_kwargs())
+    proto = make_layer(case.cell, case.input_size, case.hidden_size, plain=True,
+                       **case.module_kwargs())
     state = {k: v.to(device, dtype) for k, v in proto.state_dict().items()}
     D = 2 if case.bidirectional else 1
     h_out = case.proj_size or case.hidden_size
@@ -98,7 +109,7 @@ def make_data(case: Case, dtype=torch.float64, device="cpu") -> dict:
         c0 = torch.randn(case.num_layers * D, B, case.hidden_size).to(device, dtype)
         if unbatched:
             h0, c0 = h0[:, 0], c0[:, 0]
-        hx = (h0, c0)
+        hx = (h0, c0) if case.has_c else h0
     lengths = lengths_of(case)
     if case.kind == "packed":
         lengths = sorted(lengths, reverse=True)
@@ -109,15 +120,26 @@ def cast_data(data: dict, dtype, device) -> dict:
     """The same data in another dtype/device (for a float64 reference of low-precision runs)."""
     to = lambda t: t.to(device, dtype)  # noqa: E731
     return {"state": {k: to(v) for k, v in data["state"].items()}, "x": to(data["x"]),
-            "hx": None if data["hx"] is None else tuple(to(t) for t in data["hx"]),
-            "lengths": data["lengths"]}
+            "hx": _map_hx(to, data["hx"]), "lengths": data["lengths"]}
+
+
+def _map_hx(fn, hx):
+    """``fn`` applied to each tensor of a state in either form (None stays None)."""
+    if hx is None:
+        return None
+    return tuple(fn(t) for t in hx) if isinstance(hx, tuple) else fn(hx)
+
+
+def _tensors(state) -> list:
+    """The tensors of a state in either form: ``[h, c]`` or ``[h]``."""
+    return list(state) if isinstance(state, tuple) else [state]
 
 
 def run_one(module, case: Case, data: dict) -> dict:
     """Forward + backward of one module on ``data``; returns outputs and every gradient."""
     module.load_state_dict(data["state"], strict=True)
     xi = data["x"].clone().requires_grad_(True)
-    hxi = None if data["hx"] is None else tuple(t.clone().requires_grad_(True) for t in data["hx"])
+    hxi = _map_hx(lambda t: t.clone().requires_grad_(True), data["hx"])
     if case.kind == "unbatched":
         inp = xi[:, 0]
     elif case.kind.startswith("packed"):
@@ -125,30 +147,35 @@ def run_one(module, case: Case, data: dict) -> dict:
                                    enforce_sorted=case.kind == "packed")
     else:
         inp = xi.transpose(0, 1) if case.batch_first else xi
-    out, (h_n, c_n) = module(inp, hxi)
+    out, final = module(inp, hxi)
+    finals = dict(zip(("h_n", "c_n"), _tensors(final)))
     out_t = out.data if isinstance(out, PackedSequence) else out
     g = torch.Generator().manual_seed(7)
     loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)
-                .to(t.device)).sum() for t in (out_t, h_n, c_n))
-    wrt = [xi] + list(hxi or []) + [p for _, p in module.named_parameters()]
+                .to(t.device)).sum() for t in [out_t, *finals.values()])
+    given = [] if hxi is None else _tensors(hxi)
+    wrt = [xi] + given + [p for _, p in module.named_parameters()]
     grads = torch.autograd.grad(loss, wrt)
-    names = ["d_input"] + (["d_h0", "d_c0"] if hxi else []) + \
+    names = ["d_input"] + ["d_h0", "d_c0"][:len(given)] + \
             [f"d_{n}" for n, _ in module.named_parameters()]
-    res = {"output": out_t.detach(), "h_n": h_n.detach(), "c_n": c_n.detach()}
+    res = {"output": out_t.detach(), **{k: v.detach() for k, v in finals.items()}}
     res.update(dict(zip(names, grads)))
     return res
 
 
 def build(case: Case, backend, dtype, device):
-    """nn.LSTM when backend is None, else charlstm.LSTM(backend=...)."""
+    """torch's layer of the case's cell when backend is None, else charlstm's with
+    ``backend=...``."""
     if backend is None:
-        return nn.LSTM(case.input_size, case.hidden_size, **case.module_kwargs()).to(device, dtype)
-    return charlstm.LSTM(case.input_size, case.hidden_size, **case.module_kwargs(),
-                         backend=backend).to(device, dtype)
+        return make_layer(case.cell, case.input_size, case.hidden_size, plain=True,
+                          **case.module_kwargs()).to(device, dtype)
+    return make_layer(case.cell, case.input_size, case.hidden_size, **case.module_kwargs(),
+                      backend=backend).to(device, dtype)
 
 
 def run_pair(case: Case, backend: str, dtype=torch.float64, device="cpu"):
-    """Run nn.LSTM and charlstm.LSTM(backend) on identical data; return (ref, got) dicts."""
+    """Run torch's layer and charlstm's (on ``backend``) on identical data; return (ref, got)
+    dicts."""
     data = make_data(case, dtype, device)
     return (run_one(build(case, None, dtype, device), case, data),
             run_one(build(case, backend, dtype, device), case, data))

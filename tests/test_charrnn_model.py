@@ -1,19 +1,38 @@
 """charlstm.charrnn.CharRNN: shapes, char-rnn initialisation, state carrying, kernel backend
-path."""
+path -- for each ``--model`` (lstm, gru, rnn)."""
 import pytest
 import torch
 
+import charlstm
 from charlstm.charrnn import CharRNN
 
+MODELS = ["lstm", "gru", "rnn"]
 
-def test_shapes_and_config():
-    m = CharRNN(11, rnn_size=16, num_layers=2)
-    logits, (h, c) = m(torch.randint(11, (3, 7)))
+
+@pytest.mark.parametrize("cell,layer,state_len", [("lstm", charlstm.LSTM, 2),
+                                                  ("gru", charlstm.GRU, 1),
+                                                  ("rnn", charlstm.RNN, 1)])
+def test_shapes_and_config(cell, layer, state_len):
+    m = CharRNN(11, rnn_size=16, num_layers=2, cell=cell)
+    assert type(m.rnn) is layer and m.rnn.mode != "RNN_RELU"
+    logits, state = m(torch.randint(11, (3, 7)))
     assert logits.shape == (3, 7, 11)
-    assert h.shape == c.shape == (2, 3, 16)
+    assert isinstance(state, tuple) and len(state) == state_len
+    assert all(s.shape == (2, 3, 16) for s in state)
+    assert [s.shape for s in m.init_state(3)] == [s.shape for s in state]
+    assert m.config()["cell"] == cell
     assert CharRNN(**m.config()).config() == m.config()
     with pytest.raises(ValueError, match=r"\[batch, time\] integer"):
         m(torch.zeros(3, 7))
+    with pytest.raises(ValueError, match=r"unknown model 'lstmm': expected one of lstm, gru, rnn"):
+        CharRNN(11, cell="lstmm")
+
+
+def test_gru_and_rnn_initialisation_has_no_forget_bias():
+    for cell in ("gru", "rnn"):
+        m = CharRNN(65, rnn_size=32, num_layers=2, cell=cell)
+        for p in m.rnn.parameters():
+            assert p.abs().max() <= 0.08 and p.std() > 0.03
 
 
 def test_char_rnn_initialisation():
@@ -29,8 +48,9 @@ def test_char_rnn_initialisation():
     assert m.decoder.weight.abs().max() <= 0.08
 
 
-def test_carried_state_equals_one_long_forward():
-    m = CharRNN(9, rnn_size=12, num_layers=2)
+@pytest.mark.parametrize("cell", MODELS)
+def test_carried_state_equals_one_long_forward(cell):
+    m = CharRNN(9, rnn_size=12, num_layers=2, cell=cell)
     idx = torch.randint(9, (2, 20))
     full, _ = m(idx)
     a, st = m(idx[:, :8])
@@ -38,11 +58,12 @@ def test_carried_state_equals_one_long_forward():
     torch.testing.assert_close(torch.cat([a, b], 1), full)
 
 
-def test_reference_backend_matches_auto():
-    """The model on a kernel backend (the reference core) agrees with torch's LSTM."""
+@pytest.mark.parametrize("cell", MODELS)
+def test_reference_backend_matches_auto(cell):
+    """The model on a kernel backend (the reference core) agrees with torch's layer."""
     torch.manual_seed(1)
-    m = CharRNN(7, rnn_size=8, num_layers=2, backend="auto").double()
-    r = CharRNN(7, rnn_size=8, num_layers=2, backend="reference").double()
+    m = CharRNN(7, rnn_size=8, num_layers=2, backend="auto", cell=cell).double()
+    r = CharRNN(7, rnn_size=8, num_layers=2, backend="reference", cell=cell).double()
     r.load_state_dict(m.state_dict())
     idx = torch.randint(7, (3, 6))
     out_m, st_m = m(idx)

@@ -1,5 +1,6 @@
-"""Sampling: the CPU step against the ``reference`` backend (logits, state, greedy ids), the
-distribution of its random draws (chi-square), and the sampler's options and errors."""
+"""Sampling: the CPU step against the ``reference`` backend (logits, state, greedy ids) for each
+``--model`` (lstm, gru, rnn), the distribution of its random draws (chi-square), and the
+sampler's options and errors."""
 from __future__ import annotations
 
 import io
@@ -20,60 +21,72 @@ from charlstm.cli import main
 VOCAB = "\n .:abcdefghijklmnopqrstuvwxyz"     # 30 characters, sorted
 
 
+MODELS = ["lstm", "gru", "rnn"]
+
+
 def _models(L: int, H: int, V: int = len(VOCAB), seed: int = 0, sharpen: float = 1.0,
-            recur: float = 1.0):
+            recur: float = 1.0, cell: str = "lstm"):
     """The same weights as an ``auto`` model (CPU step) and a ``reference`` one.  ``sharpen``
-    scales the decoder (the likeliest character leads by a clear margin) and ``recur`` the LSTM
-    weights (richer dynamics: greedy runs of an untrained model otherwise repeat one id)."""
+    scales the decoder (the likeliest character leads by a clear margin) and ``recur`` the
+    recurrent layer's weights (richer dynamics: greedy runs of an untrained model otherwise
+    repeat one id).  GRU and RNN models get random biases too (char-rnn's init only draws them
+    in +-0.08): a misplaced bias (b_hn outside the reset gate) must show."""
     torch.manual_seed(seed)
-    m = CharRNN(V, H, L).eval()
+    m = CharRNN(V, H, L, cell=cell).eval()
     with torch.no_grad():
         m.decoder.weight.mul_(sharpen)
         for name, p in m.rnn.named_parameters():
             if name.startswith("weight"):
                 p.mul_(recur)
-    ref = CharRNN(V, H, L, backend="reference").eval()
+            elif cell != "lstm":
+                p.uniform_(-0.5, 0.5)
+    ref = CharRNN(V, H, L, backend="reference", cell=cell).eval()
     ref.load_state_dict(m.state_dict())
     return m, ref
 
 
 # ---------------------------------------------------------------- the step against the reference
+@pytest.mark.parametrize("cell", MODELS)
 @pytest.mark.parametrize("L,H,B", [(1, 32, 1), (2, 64, 3), (3, 48, 2)])
-def test_cpu_step_logits_and_state_match_reference(L, H, B):
-    m, ref = _models(L, H)
+def test_cpu_step_logits_and_state_match_reference(L, H, B, cell):
+    m, ref = _models(L, H, cell=cell)
     ids = torch.randint(len(VOCAB), (B, 25), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        want, (h, c) = ref(ids)
+        want, state = ref(ids)
     step = CpuStep(m, B)
     got = np.stack([step.forward(ids[:, t].numpy()).copy() for t in range(ids.shape[1])], 1)
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-5)
-    sh, sc = step.state()
-    torch.testing.assert_close(sh, h, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sc, c, rtol=1e-5, atol=1e-5)
+    mine = step.state()
+    assert len(mine) == len(state) == (2 if cell == "lstm" else 1)
+    for a, b in zip(mine, state):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_step_continues_from_a_loaded_state():
+@pytest.mark.parametrize("cell", MODELS)
+def test_cpu_step_continues_from_a_loaded_state(cell):
     """A state loaded at batch 1 goes to every row, and stepping on from it equals the
     reference run over the whole sequence."""
-    m, ref = _models(2, 40)
+    m, ref = _models(2, 40, cell=cell)
     ids = torch.randint(len(VOCAB), (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, state = ref(ids[:, :8])
-        want, (h, c) = ref(ids)
+        want, final = ref(ids)
     step = CpuStep(m, 2)
     step.load_state(*state)
     for t in range(8, 12):
         logits = step.forward(ids[0, t].repeat(2).numpy())
     torch.testing.assert_close(torch.from_numpy(logits), want[:, -1].expand(2, -1), rtol=1e-5,
                                atol=1e-5)
-    sh, sc = step.state()
-    torch.testing.assert_close(sh, h.expand(-1, 2, -1), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sc, c.expand(-1, 2, -1), rtol=1e-5, atol=1e-5)
+    for a, b in zip(step.state(), final):
+        torch.testing.assert_close(a, b.expand(-1, 2, -1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="state has"):
+        step.load_state(*state, *state)
 
 
+@pytest.mark.parametrize("cell", MODELS)
 @pytest.mark.parametrize("prime,n", [([3, 4, 5, 1], 1), ([7], 3), (None, 2)])
-def test_greedy_ids_identical_to_reference(prime, n):
-    m, ref = _models(2, 64, sharpen=4.0, recur=5.0)
+def test_greedy_ids_identical_to_reference(prime, n, cell):
+    m, ref = _models(2, 64, sharpen=4.0, recur=5.0, cell=cell)
     prime = None if prime is None else torch.tensor(prime)
     a = generate(m, prime, 150, argmax=True, num_samples=n, cpu_step=True,
                  generator=torch.Generator().manual_seed(5))
@@ -94,6 +107,10 @@ def test_auto_on_cpu_uses_the_cpu_step_and_a_named_backend_does_not(monkeypatch)
     assert "float32" in cpu_step_reason(CharRNN(10, 8, 1).double())
     with pytest.raises(ValueError, match="CpuStep: the model is torch.float64"):
         CpuStep(CharRNN(10, 8, 1).double(), 1)
+    relu = CharRNN(10, 8, 1, cell="rnn")
+    relu.rnn = charlstm.RNN(8, 8, nonlinearity="relu", batch_first=True)
+    assert cpu_step_reason(relu).startswith("the CPU step has no rnn_relu layer")
+    assert not uses_cpu_step(relu)          # generate() then runs the model's own steps
 
 
 def test_cpu_step_keeps_one_torch_thread_inside_and_restores_it():

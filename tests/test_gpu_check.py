@@ -574,6 +574,25 @@ def test_compare_counts_a_new_error_and_lists_rows_not_measured(tmp_path):
     assert compare.main([str(bad)]) == compare.EXIT_BAD_INPUT
 
 
+def test_compare_keeps_cells_apart_and_reads_old_files_as_lstm(tmp_path):
+    """A GRU row of the same shape as an LSTM row is another row (its own baseline, shown with
+    its cell); rows of a baseline written before rows had a cell are the LSTM's."""
+    bench_json(tmp_path / "r" / "bench_lstm-old.json", "k", "2026-01-01T00:00:00Z", BASE)
+    new = bench_json(tmp_path / "bench_lstm-n.json", "k", "2026-02-01T00:00:00Z", BASE)
+    data = json.loads(new.read_text())
+    for r in list(data["rows"]):
+        r["cell"] = "lstm"
+        if r["backend"] == "cuda:persistent" and r["mode"] == "fwd":
+            data["rows"].append(dict(r, cell="gru", speedup_vs_torch=0.5))
+    new.write_text(json.dumps(data))
+    code, report, text = compare.run([str(new)], tmp_path / "r")
+    verdicts = {(r["backend"], r["mode"], r["cell"]): r["verdict"] for r in report["rows"]}
+    assert verdicts[("cuda:persistent", "fwd", "lstm")] == "ok"          # the old row: an LSTM's
+    assert verdicts[("cuda:persistent", "fwd", "gru")] == "no baseline row"
+    assert code == compare.EXIT_OK
+    assert "| cuda:persistent (gru) | bfloat16 | 16 | 1024 | 768 | 1 | fwd | row |" in text
+
+
 def test_docs_plan_table_matches_the_plan():
     """docs/gpu_check.md's plan table lists every step with its budget and tier, in order."""
     rows = re.findall(

@@ -1,7 +1,9 @@
 """``charlstm.LSTM(...)(x, return_state_sequence=True)``: every step's h and c of every layer and
 direction, against an independent nn.LSTMCell loop and nn.LSTM's own output and final state,
 for padded (batch_first and time-major), packed (unsorted), bidirectional, multi-layer,
-unbatched and proj_size inputs, on the reference core and the Triton core (interpreter)."""
+unbatched and proj_size inputs, on the reference core and the Triton core (interpreter); and
+the same for ``charlstm.GRU`` / ``charlstm.RNN``, whose per-step state is ``h_seq`` alone
+(against nn.GRUCell / nn.RNNCell loops)."""
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import charlstm
 from charlstm import backends
+from charlstm.family import make_layer
+from charlstm.testing import skip_unless_runs
 
 CORES = ["auto", "reference", "triton"]
 
@@ -19,30 +23,43 @@ def _skip_unavailable(backend):
         pytest.skip(f"{backend}: {backends.unavailable_reason(backend)}")
 
 
-def cell_oracle(lstm, x, lengths, h0, c0):
-    """Per-step (h, c) ``[L*D, T, B, H]`` in float64 by stepping nn.LSTMCell row by row: no
-    padding, packing or reversal machinery shared with charlstm.  ``x``: [T, B, I]."""
-    L, D, H = lstm.num_layers, 2 if lstm.bidirectional else 1, lstm.hidden_size
+#: torch's one-step cell of each layer mode
+CELL_MODULES = {"LSTM": nn.LSTMCell, "GRU": nn.GRUCell,
+                "RNN_TANH": lambda i, h, **kw: nn.RNNCell(i, h, nonlinearity="tanh", **kw),
+                "RNN_RELU": lambda i, h, **kw: nn.RNNCell(i, h, nonlinearity="relu", **kw)}
+
+
+def cell_oracle(layer, x, lengths, h0, c0=None):
+    """Per-step (h, c) ``[L*D, T, B, H]`` in float64 by stepping torch's cell (nn.LSTMCell,
+    nn.GRUCell, nn.RNNCell) row by row: no padding, packing or reversal machinery shared with
+    charlstm.  ``x``: [T, B, I].  ``c`` is all zeros for cells without one."""
+    L, D, H = layer.num_layers, 2 if layer.bidirectional else 1, layer.hidden_size
     T, B, _ = x.shape
     hs = torch.zeros(L * D, T, B, H, dtype=torch.float64)
     cs = torch.zeros_like(hs)
+    has_c = layer.mode == "LSTM"
     layer_in = x.double()
-    for layer in range(L):
+    for n in range(L):
         for d in range(D):
-            sfx = f"l{layer}" + ("_reverse" if d else "")
-            cell = nn.LSTMCell(layer_in.shape[-1], H, dtype=torch.float64)
+            sfx = f"l{n}" + ("_reverse" if d else "")
+            cell = CELL_MODULES[layer.mode](layer_in.shape[-1], H, dtype=torch.float64)
             with torch.no_grad():
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(cell, name).copy_(getattr(lstm, f"{name}_{sfx}"))
-            k = layer * D + d
+                    getattr(cell, name).copy_(getattr(layer, f"{name}_{sfx}"))
+            k = n * D + d
             for b in range(B):
-                h, c = h0[k, b:b + 1].double(), c0[k, b:b + 1].double()
+                h = h0[k, b:b + 1].double()
+                c = c0[k, b:b + 1].double() if has_c else None
                 steps = range(lengths[b] - 1, -1, -1) if d else range(lengths[b])
                 for t in steps:
                     with torch.no_grad():
-                        h, c = cell(layer_in[t, b:b + 1], (h, c))
-                    hs[k, t, b], cs[k, t, b] = h[0], c[0]
-        layer_in = torch.cat([hs[layer * D + d] for d in range(D)], -1)
+                        if has_c:
+                            h, c = cell(layer_in[t, b:b + 1], (h, c))
+                            cs[k, t, b] = c[0]
+                        else:
+                            h = cell(layer_in[t, b:b + 1], h)
+                    hs[k, t, b] = h[0]
+        layer_in = torch.cat([hs[n * D + d] for d in range(D)], -1)
     return hs, cs
 
 
@@ -159,3 +176,64 @@ def test_torch_backend_cannot_and_auto_falls_back():
     assert backends.resolve("auto", x.device, x.dtype) == "torch"
     out, _, (h_seq, _) = mine(x, return_state_sequence=True)
     torch.testing.assert_close(out, ref(x)[0], atol=2e-6, rtol=0)
+
+
+# ----------------------------------------------------------------- GRU and RNN: h_seq alone
+@pytest.mark.parametrize("backend", CORES)
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+def test_gru_and_rnn_return_h_seq_alone(cell, backend):
+    """The per-step state of a cell without c is one tensor ``h_seq`` (the state's own form):
+    padded batch_first 2-layer, and packed unsorted bidirectional with h0, against the cell
+    loop and torch's layer; unbatched gives ``[L*D, T, H]``."""
+    _skip_unavailable(backend)
+    if backend != "auto":
+        skip_unless_runs(backend, torch.device("cpu"), torch.float32, cell)
+    torch.manual_seed(11)
+    ref = make_layer(cell, 3, 5, plain=True, num_layers=2, batch_first=True)
+    mine = make_layer(cell, 3, 5, num_layers=2, batch_first=True, backend=backend)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, 3)                          # [B, T, I]
+    h0 = _state(2, 1, 3)[0]
+    out, h_n, h_seq = mine(x, h0, return_state_sequence=True)
+    assert isinstance(h_seq, torch.Tensor) and h_seq.shape == (2, 3, 6, 5)
+    want_h, _ = cell_oracle(ref, x.transpose(0, 1), [6] * 3, h0)
+    torch.testing.assert_close(h_seq.transpose(1, 2).double(), want_h, atol=2e-6, rtol=0)
+    ref_out, ref_h = ref(x, h0)
+    torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=0)
+    torch.testing.assert_close(h_n, ref_h, atol=2e-6, rtol=0)
+    assert h_seq.requires_grad
+    # packed, unsorted (the 3-cycle [1, 2, 0]), bidirectional, with h0
+    ref = make_layer(cell, 3, 5, plain=True, bidirectional=True)
+    mine = make_layer(cell, 3, 5, bidirectional=True, backend=backend)
+    mine.load_state_dict(ref.state_dict())
+    lengths = [2, 6, 4]
+    xt = torch.randn(6, 3, 3)
+    for b, n in enumerate(lengths):
+        xt[n:, b] = 0
+    h0 = _state(1, 2, 3)[0]
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+    out, h_n, h_seq = mine(packed, h0, return_state_sequence=True)
+    want_h, _ = cell_oracle(ref, xt, lengths, h0)       # zeros past each row's length
+    torch.testing.assert_close(h_seq.double(), want_h, atol=2e-6, rtol=0)
+    ref_out, ref_h = ref(packed, h0)
+    torch.testing.assert_close(torch.cat([h_seq[0], h_seq[1]], -1), pad_packed_sequence(ref_out)[0],
+                               atol=2e-6, rtol=0)
+    torch.testing.assert_close(h_n, ref_h, atol=2e-6, rtol=0)
+    _, _, h_seq = mine(xt[:, 0], return_state_sequence=True)
+    assert h_seq.shape == (2, 6, 5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
+def test_gru_and_rnn_torch_backend_cannot_and_auto_falls_back(cell):
+    torch.manual_seed(2)
+    ref = make_layer(cell, 3, 5, plain=True, num_layers=2)
+    mine = make_layer(cell, 3, 5, num_layers=2, backend="torch")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"return_state_sequence.*every layer's h at every "
+                                         r"step.*'torch' backend \(torch\.nn\.(GRU|RNN) / cuDNN"):
+        mine(x, return_state_sequence=True)
+    mine.backend = "auto"
+    out, _, h_seq = mine(x, return_state_sequence=True)
+    torch.testing.assert_close(out, ref(x)[0], atol=2e-6, rtol=0)
+    torch.testing.assert_close(h_seq[1], out, atol=0, rtol=0)

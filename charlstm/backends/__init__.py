@@ -14,7 +14,7 @@ A kernel path is named ``backend:variant``.  The concrete names, in this order::
 
 Selectors: ``auto`` (charlstm chooses, see :func:`resolve`), and a bare ``triton`` / ``cuda``
 (that backend's own choice among its variants).  Names are case-insensitive.  They are accepted
-by ``charlstm.LSTM(backend=...)``, :func:`charlstm.convert_lstm`, :func:`use_backend`, the
+by ``charlstm.LSTM/GRU/RNN(backend=...)``, :func:`charlstm.convert`, :func:`use_backend`, the
 ``CHARLSTM_BACKEND`` environment variable and the CLI's ``--backend``.
 
 The kernel backends (everything but ``torch``) implement only the recurrent core of one layer and
@@ -323,7 +323,8 @@ def status(name: str) -> str:
 # ----------------------------------------------------------------------------- choosing
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run every ``charlstm.LSTM`` in this thread with backend ``name`` inside the block."""
+    """Run every charlstm layer (LSTM, GRU, RNN) in this thread with backend ``name`` inside the
+    block."""
     name = validate_name(name)
     preload(name)
     with _override.push(name):
@@ -355,8 +356,9 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
       says what ran), never a disabled variant;
     * ``auto``, written down from measurements:
 
-      * CPU, float32: per shape, :func:`_cpu_auto` (``reference`` for short calls of wide
-        layers, ``torch`` otherwise); other dtypes ``torch``;
+      * CPU, float32, LSTM: per shape, :func:`_cpu_auto` (``reference`` for short calls of wide
+        layers, ``torch`` otherwise); other dtypes, and the other cells (whose CPU costs have
+        not been measured), ``torch``;
       * CUDA: ``torch`` (cuDNN).  Until a kernel backend has GPU benchmark results that beat
         cuDNN for a shape, ``auto`` does not pick it (none has run on a GPU yet).
 
@@ -365,7 +367,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, *, batch: int =
     """
     canonical = validate_name(name)
     if canonical == "auto":
-        cpu = device.type == "cpu" and dtype == torch.float32
+        cpu = device.type == "cpu" and dtype == torch.float32 and cell == "lstm"
         return _cpu_auto(batch, hidden, seq_len) if cpu else "torch"
     why = unavailable_reason(canonical, device, dtype, cell)
     if why:

@@ -3,7 +3,7 @@
 One call covers one layer and one direction of a recurrent layer, for the whole sequence.
 Everything else -- input projections, multi-layer stacking, bidirectionality, ``proj_size``,
 ``PackedSequence`` handling, dropout, the weight gradients -- is done once, above the backends,
-by the layers (:mod:`charlstm.lstm`) and by :func:`make_core_op` below with plain torch GEMMs.
+by the layers (:mod:`charlstm.layer`) and by :func:`make_core_op` below with plain torch GEMMs.
 
 The cell (:class:`Cell`, :data:`CELLS`) is a parameter of the contract: ``"lstm"``, ``"gru"``,
 ``"rnn_tanh"``, ``"rnn_relu"``.  It fixes the gate count ``G`` (4, 3, 1, 1), whether a cell

@@ -53,7 +53,7 @@ def stream_loss(model, ids: Tensor, batch_size: int, seq_length: int,
             nll, state = run(x[:, t:t + seq_length], y[:, t:t + seq_length], state)
             total += nll
         if used < M:
-            last = (state[0][:, -1:].contiguous(), state[1][:, -1:].contiguous())
+            last = tuple(s[:, -1:].contiguous() for s in state)
             tail_x = ids[used:M].view(1, -1)
             tail_y = ids[used + 1:M + 1].view(1, -1)
             for t in range(0, tail_x.shape[1], seq_length):

@@ -51,10 +51,10 @@ class GraphedStep:
         self.graph = None
 
     def _step(self) -> None:
-        logits, (h, c) = self.model(self.ids, self.state)
+        logits, new = self.model(self.ids, self.state)
         nxt = pick_next(logits[:, -1], **self.kw)
-        self.state[0].copy_(h)
-        self.state[1].copy_(c)
+        for t, v in zip(self.state, new):
+            t.copy_(v)
         self.ids.copy_(nxt.view(-1, 1))
 
     def capture(self) -> GraphedStep:

@@ -1,7 +1,8 @@
-"""Training a CharRNN (``charlstm train``): char-rnn's train.lua on top of ``charlstm.LSTM``.
+"""Training a CharRNN (``charlstm train``): char-rnn's train.lua on top of charlstm's layers
+(``--model lstm|gru|rnn``).
 
 One iteration = one batch of ``batch_size`` streams x ``seq_length`` characters (see
-:class:`charlstm.charrnn.data.StreamBatcher`), the LSTM state carried from the previous batch
+:class:`charlstm.charrnn.data.StreamBatcher`), the recurrent state carried from the previous batch
 and detached (truncated BPTT), reset at the start of every epoch.  Loss: mean cross-entropy in
 nats.  Gradients are clamped elementwise to ``[-grad_clip, grad_clip]`` (char-rnn).  The learning
 rate is multiplied by ``lr_decay`` at the end of every epoch from epoch ``lr_decay_after`` on.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .data import DEFAULT_STDLIB_CAP, StreamBatcher, describe_chars, load_corpus, split
 from .evaluate import stream_loss
-from .model import CharRNN
+from .model import MODELS, CharRNN
 from .runtime import autocast, check_amp, parse_dtype, resolve_device
 from .train_samples import SampleLog, describe, draw, latest_val
 
@@ -44,7 +45,7 @@ __all__ = ["train", "TrainingDiverged", "TrainResult", "batch_loss", "RUN_ARGS"]
 METRICS = "metrics.jsonl"
 PLOT = "loss_curve.png"
 #: arguments that define a run: ``--resume`` takes them from the checkpoint
-RUN_ARGS = ("data", "rnn_size", "num_layers", "dropout", "seq_length", "batch_size",
+RUN_ARGS = ("data", "model", "rnn_size", "num_layers", "dropout", "seq_length", "batch_size",
             "learning_rate", "lr_decay", "lr_decay_after", "grad_clip", "seed", "dtype",
             "optimizer", "train_frac", "val_frac", "stdlib_cap")
 #: arguments that ``--resume`` takes from the checkpoint unless they are passed again
@@ -73,7 +74,7 @@ def batch_loss(model, x, y, state, device, amp_dtype=None):
     with autocast(device, amp_dtype):
         logits, state = model(x, state)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-    return loss, (state[0].detach(), state[1].detach())
+    return loss, tuple(s.detach() for s in state)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -151,7 +152,8 @@ def _plot(records: list, path: Path) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------- train
-def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, num_layers: int = 2,
+def train(data: Union[str, os.PathLike, None] = None, *, model: Optional[str] = None,
+          rnn_size: int = 128, num_layers: int = 2,
           dropout: float = 0.0, seq_length: int = 50, batch_size: int = 50,
           learning_rate: float = 2e-3, lr_decay: float = 0.97, lr_decay_after: int = 10,
           grad_clip: float = 5.0, max_epochs: float = 50, max_iters: Optional[int] = None,
@@ -166,6 +168,9 @@ def train(data: Union[str, os.PathLike, None] = None, *, rnn_size: int = 128, nu
     """Train a :class:`CharRNN` on ``data`` (file, directory, or None for the bundled corpus).
 
     Keyword arguments are the ``charlstm train`` options (``--rnn-size`` -> ``rnn_size`` ...).
+    ``model``: ``"lstm"``, ``"gru"`` or ``"rnn"`` (tanh), char-rnn's ``-model``; None means
+    ``"lstm"`` for a new run and the checkpoint's with ``resume`` / ``init_from`` (a value that
+    differs from the checkpoint's is an error naming both).
     ``max_iters`` counts iterations of the whole run (a resumed run stops at the same total);
     training ends at ``min(max_iters, max_epochs * batches_per_epoch)``.  ``resume=True``
     continues from ``checkpoint_dir``'s ``latest.pt`` (a path: that checkpoint), restoring model,
@@ -339,6 +344,8 @@ class _Run:
             if not saved or "iteration" not in self.resume_ck or "optimizer" not in self.resume_ck:
                 raise ckpt_io.CheckpointError(f"{self.resume_path}: cannot resume: the checkpoint "
                                               "lacks training state (use --init-from to fine-tune)")
+            # checkpoints from before --model hold LSTMs and do not record it in train_args
+            saved = dict(saved, model=saved.get("model") or _cell_of(self.resume_ck))
             a = _merge_run_args(a, defaults, saved, str(self.resume_path), RUN_ARGS)
             for k in SAMPLE_ARGS:                # the saved ones unless given again
                 if a[k] == defaults[k] and k in saved:
@@ -348,12 +355,23 @@ class _Run:
         if a["init_from"] is not None:
             self.init_ck, self.init_path = ckpt_io.load(a["init_from"])
             cfg = self.init_ck["config"]
+            cell = _cell_of(self.init_ck)
+            if a["model"] is not None and a["model"] != cell:
+                raise ValueError(f"--model {a['model']} conflicts with {self.init_path}, a "
+                                 f"{cell} model: --init-from starts from its weights, which do "
+                                 f"not fit a {a['model']} model (omit --model, or train a new "
+                                 f"{a['model']} model without --init-from)")
+            a["model"] = cell
             for k in ("rnn_size", "num_layers"):
                 if a[k] != defaults[k] and a[k] != cfg[k]:
                     raise ValueError(f"--{k.replace('_', '-')} {a[k]} conflicts with "
                                      f"{self.init_path}'s {cfg[k]} (--init-from keeps the "
                                      "checkpoint's architecture)")
                 a[k] = cfg[k]
+        if a["model"] is None:
+            a["model"] = "lstm"
+        if a["model"] not in MODELS:
+            raise ValueError(f"bad --model {a['model']!r}: expected one of {', '.join(MODELS)}")
         self.a = a
 
     # ------------------------------------------------------------ 2. device and checks
@@ -421,7 +439,7 @@ class _Run:
         torch.manual_seed(a["seed"])
         random.seed(a["seed"])
         model = CharRNN(len(self.vocab), a["rnn_size"], a["num_layers"], a["dropout"],
-                        a["backend"])
+                        a["backend"], cell=a["model"])
         src = self.resume_ck or self.init_ck
         if src is not None:
             try:
@@ -452,10 +470,9 @@ class _Run:
             self.start = int(ck["iteration"])
             self.first_loss, best_val = ck.get("first_loss"), ck.get("best_val_loss")
             if ck.get("hidden") is not None and self.start % self.nb != 0:
-                h, c = ck["hidden"]
                 per = self.a["batch_size"] // self.world
                 rows = slice(self.rank * per, (self.rank + 1) * per)
-                self.hidden = (h[:, rows].to(self.dev), c[:, rows].to(self.dev))
+                self.hidden = tuple(s[:, rows].to(self.dev) for s in ck["hidden"])
             _restore_rng(ck["rng"], self.dev)
         self.res = TrainResult(iterations=self.start, epoch=self.start / self.nb,
                                best_val_loss=best_val, checkpoint_dir=str(self.ckdir))
@@ -483,15 +500,16 @@ class _Run:
             f"charlstm train: {self.corpus.source}; vocabulary {len(self.vocab)} characters; "
             f"train/val/test {len(self.train_ids)}/{len(self.val_ids)}/{len(self.test_ids)} "
             f"chars; {self.nb} batches per epoch; model {a['num_layers']}x{a['rnn_size']} "
+            f"{a['model']} "
             f"({params:,} parameters) on {self.dev}, backend {a['backend']}"
             + (f", {self.world} processes" if self.world > 1 else "")
             + (f"; resuming at iteration {self.start} from {self.resume_path}" if resumed else ""))
         self.samples = None
         if self.is_main and (a["sample_every"] or any("sample" in r for r in self.out.records)):
             self.samples = SampleLog(self.ckdir, f"{self.corpus.source}; model "
-                                     f"{a['num_layers']}x{a['rnn_size']}. Each entry: the "
-                                     "model at that iteration, temperature 1, no prime, "
-                                     "seeded with --seed + iteration.")
+                                     f"{a['num_layers']}x{a['rnn_size']} {a['model']}. Each "
+                                     "entry: the model at that iteration, temperature 1, no "
+                                     "prime, seeded with --seed + iteration.")
             self.samples.rewrite(self.out.records)
 
     # ------------------------------------------------------------ 7. the loop
@@ -691,13 +709,19 @@ def _barrier() -> None:
 
 
 def _gather_hidden(hid, world: int):
-    """The carried state of the whole global batch on CPU (all ranks' rows, rank order)."""
-    h, c = hid
+    """The carried state (``(h, c)`` or ``(h,)``) of the whole global batch on CPU (all ranks'
+    rows, rank order)."""
     if world > 1:
         import torch.distributed as dist
-        hs = [torch.empty_like(h) for _ in range(world)]
-        cs = [torch.empty_like(c) for _ in range(world)]
-        dist.all_gather(hs, h.contiguous())
-        dist.all_gather(cs, c.contiguous())
-        h, c = torch.cat(hs, 1), torch.cat(cs, 1)
-    return (h.detach().float().cpu(), c.detach().float().cpu())
+
+        def gather(s):
+            parts = [torch.empty_like(s) for _ in range(world)]
+            dist.all_gather(parts, s.contiguous())
+            return torch.cat(parts, 1)
+        hid = tuple(gather(s) for s in hid)
+    return tuple(s.detach().float().cpu() for s in hid)
+
+
+def _cell_of(ck: dict) -> str:
+    """The ``--model`` of a checkpoint (checkpoints from before ``--model`` hold LSTMs)."""
+    return ck["config"].get("cell", "lstm")

@@ -1,10 +1,10 @@
 """``charlstm viz``: see inside a char-rnn model, as in the essay's cell pages.
 
-:func:`visualize` runs a checkpoint over a text, keeping every layer's ``tanh(c)`` and ``h`` at
-every character (``charlstm.LSTM``'s ``return_state_sequence``) and the top next-character
-guesses, then writes one self-contained HTML page (:mod:`.page`), optionally ranks the cells by
-how well they track simple properties of the text (:mod:`.finder`, :mod:`.features`) and draws a
-static PNG of the view (:mod:`.figure`).
+:func:`visualize` runs a checkpoint over a text, keeping every layer's ``tanh(c)`` (LSTM) and
+``h`` at every character (the layer's ``return_state_sequence``; a GRU or RNN model has ``h``
+only) and the top next-character guesses, then writes one self-contained HTML page
+(:mod:`.page`), optionally ranks the cells by how well they track simple properties of the text
+(:mod:`.finder`, :mod:`.features`) and draws a static PNG of the view (:mod:`.figure`).
 """
 from __future__ import annotations
 
@@ -39,14 +39,16 @@ def parse_cell(spec: str, layers: int, hidden: int) -> tuple[int, int]:
 
 def visualize(checkpoint: Union[str, os.PathLike], text: Union[str, os.PathLike], *,
               out: Union[str, os.PathLike] = "viz.html", cell: Optional[str] = None,
-              kind: str = "c", find: bool = False, png: Union[str, os.PathLike, None] = None,
+              kind: Optional[str] = None, find: bool = False,
+              png: Union[str, os.PathLike, None] = None,
               max_chars: int = DEFAULT_MAX_CHARS, device: str = "auto", backend: str = "auto",
               log: Optional[TextIO] = None) -> dict:
     """Write the page for ``checkpoint`` on the text file ``text`` (its first ``max_chars``
     characters; characters outside the vocabulary are removed, with a note).
 
     The page opens on ``cell`` (``"L:N"``), else on the best cell ``find`` found, else on
-    layer 0 cell 0; ``kind`` ``"c"`` shows ``tanh(c)``, ``"h"`` shows ``h``.  Returns
+    layer 0 cell 0; ``kind`` ``"c"`` shows ``tanh(c)`` (an LSTM's only: a GRU or RNN has no
+    cell state), ``"h"`` shows ``h``; None: ``"c"`` for an LSTM, ``"h"`` otherwise.  Returns
     ``{"out", "png", "layer", "cell", "kind", "chars", "found"}``."""
     from ..charrnn import checkpoint as ckpt_io
     from ..charrnn.data import describe_chars
@@ -54,12 +56,17 @@ def visualize(checkpoint: Union[str, os.PathLike], text: Union[str, os.PathLike]
     log = sys.stderr if log is None else log
     from ..backends import validate_name
     validate_name(backend)                 # an unknown name: ValueError listing the choices
-    if kind not in ("c", "h"):
+    if kind not in (None, "c", "h"):
         raise ValueError(f"--kind {kind!r}: expected c (tanh(c)) or h")
     if max_chars < 1:
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
     ck, path = ckpt_io.load(checkpoint)
     model, vocab = ckpt_io.build_model(ck, path, backend=backend)
+    if kind is None:
+        kind = "c" if model.has_c else "h"
+    if kind == "c" and not model.has_c:
+        raise ValueError(f"--kind c: {path} is a {model.cell} model, which has no cell state c; "
+                         "use --kind h")
     model.to(resolve_device(device))
     full = Path(text).read_text(encoding="utf-8")
     notes = []
