@@ -41,6 +41,8 @@ def collect() -> dict:
         # what a bare backend name runs on this device (float32), or why it cannot
         "own_choice": {},
         "backends": dict(backends.STATUS),
+        # the cells each backend's kernels implement (lstm, gru, rnn_tanh, rnn_relu)
+        "cells": dict(backends.CELLS_BY_BACKEND),
         "variants": {},
     }
     for name in backends.SELECTORS:
@@ -62,7 +64,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    sections = ("own_choice", "backends", "variants")
+    sections = ("own_choice", "backends", "cells", "variants")
     width = max(len(k) for k in info)
     for key, value in info.items():
         if key not in sections:
@@ -72,7 +74,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"  {name:<8} -> {choice}")
     print("backends (status):")
     for name, status in info["backends"].items():
-        print(f"  {name:<10} {status}")
+        print(f"  {name:<10} {status}; cells: {', '.join(info['cells'][name])}")
     print("kernel paths (here):")
     w = max(len(n) for n in info["variants"])
     for name, v in info["variants"].items():

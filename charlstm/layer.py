@@ -31,9 +31,9 @@ layer and direction, in the form of the state -- ``(h_seq, c_seq)`` for the LSTM
 the GRU and RNN.  ``h`` is each layer's output before inter-layer dropout; the LSTM's ``c`` is the
 ``cs`` the core computes anyway (it saves it for the backward), returned without gradient.
 torch's layers (cuDNN) keep neither the lower layers' per-step ``h`` nor any ``c``: under
-``auto`` such a call runs on the ``reference`` core instead (correct on every device, and the
-kernel backends are not yet verified on a GPU); an explicitly requested ``torch`` raises a
-ValueError.
+``auto`` such a call runs on the ``reference`` core instead (correct on every device; ``auto``
+picks a kernel backend only where measurements say so, see ``charlstm.backends.resolve``); an
+explicitly requested ``torch`` raises a ValueError.
 """
 from __future__ import annotations
 

@@ -81,20 +81,23 @@ _REGISTRY = {
                          _ALL_DTYPES,
                          "complete: plain tensor ops, hand-written backward (the specification)"),
     "torch": Backend("torch", None, False, (), ("cpu", "cuda"), _ALL_DTYPES,
-                     "complete: torch.nn.LSTM (cuDNN on CUDA devices)"),
+                     "complete: torch.nn.LSTM/GRU/RNN (cuDNN on CUDA devices)"),
     "triton": Backend("triton", "charlstm.backends.triton", True,
                       ("persistent", "sequence", "step"), ("cuda", "cpu"), _ALL_DTYPES,
-                      "correct under the Triton interpreter (CPU); compiles for sm_90; "
-                      "untested on GPU"),
+                      "correct under the Triton interpreter (CPU); compiles for sm_90 "
+                      "(Triton 3.6, 3.9); untested on GPU"),
     "cuda": Backend("cuda", "charlstm.backends.cuda", True,
                     ("persistent_tc", "persistent", "stepwise"), ("cuda",), _HALF_AND_SINGLE,
-                    "compiled (sm_80, sm_90, warnings as errors); not yet verified on a GPU"),
+                    "compiled (sm_80, sm_90, warnings as errors, no spills); device code checked "
+                    "in a CPU host emulator; untested on GPU"),
 }
 
 #: the backend families, in registry order
 BACKENDS = tuple(_REGISTRY)
 #: each backend's verification status (what ``charlstm info`` shows)
 STATUS = {name: b.status for name, b in _REGISTRY.items()}
+#: the cells each backend's kernels implement
+CELLS_BY_BACKEND = {name: b.cells for name, b in _REGISTRY.items()}
 #: every concrete name, in order
 NAMES = tuple(n if not b.variants else f"{n}:{v}" for n, b in _REGISTRY.items()
               for v in (b.variants or (None,)))
