@@ -603,3 +603,21 @@ def test_docs_plan_table_matches_the_plan():
     assert [(name, int(budget), int(tier)) for _, name, budget, tier in rows] == [
         (s.name, s.budget, s.tier) for s in gc.plan()
     ]
+
+
+def test_kernel_filter_matches_every_charlstm_kernel_and_nothing_of_torchs():
+    """The sanitizer and ncu steps instrument only kernels whose name matches KERNEL_REGEX: a
+    renamed kernel must not silently drop out of racecheck/synccheck/memcheck.  Every
+    ``__global__`` kernel of csrc/ and every ``@triton.jit`` kernel launched by the triton
+    backend must match; a few of torch's and cuDNN's kernel names must not."""
+    csrc = "".join(p.read_text() for p in (ROOT / "csrc").glob("*.cu*"))
+    cuda = re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", csrc)
+    triton_src = "".join((ROOT / "charlstm" / "backends" / "triton" / f).read_text()
+                         for f in ("forward.py", "backward.py"))
+    triton = re.findall(r"@triton\.jit\s+def\s+(\w+_kernel)\s*\(", triton_src)
+    assert len(cuda) >= 6 and len(triton) == 2, (cuda, triton)
+    pattern = re.compile(gc.KERNEL_REGEX)
+    assert [k for k in cuda + triton if not pattern.search(k)] == []
+    torch_kernels = ["void at::native::vectorized_elementwise_kernel",
+                     "ampere_sgemm_128x64_nn", "cudnn::rnn::RNN_blockPersist_fp_LSTM"]
+    assert [k for k in torch_kernels if pattern.search(k)] == []
