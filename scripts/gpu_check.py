@@ -233,7 +233,9 @@ def plan() -> list:
                 "-m",
                 "not slow",
                 "-k",
-                "core_contract and not variants_agree or cudnn",
+                # the GRU/RNN cells on one shape each (B=17, H=33, packed): fewer shapes per
+                # cell, not a longer run; the whole contract test runs in pytest-gpu
+                "core_contract and not variants_agree and (lstm or B17) or cudnn",
                 junit="correctness",
             ),
             70,
