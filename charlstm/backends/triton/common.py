@@ -35,7 +35,7 @@ __all__ = ["COUNTER_STRIDE", "INTERPRET", "KERNEL_DTYPES", "Launch", "SCHEDULES"
            "barrier_counters", "batch_tile", "cell_launch", "choose_launch", "default_schedule",
            "dot_mode", "dot_slots", "grid_barrier", "gru_cell", "gru_cell_back", "last_schedules",
            "lstm_cell", "lstm_cell_back", "persistent_grid", "rnn_cell", "rnn_cell_back",
-           "run_schedule", "tune_configs"]
+           "run_schedule", "tile_strides", "tune_configs"]
 
 
 def _interpreting() -> bool:
@@ -545,6 +545,16 @@ def batch_tile(len_ptr, T, B, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
         L = tl.where(bmask, T, 0)
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
     return row0, bmask, L, rl[:, None]
+
+
+@triton.jit
+def tile_strides(rows, B, H, NG: tl.constexpr, NS: tl.constexpr):
+    """The strides both kernels use, from the tile's row indices ``rows`` (:func:`batch_tile`)
+    and the cell's gate blocks ``NG`` and saved blocks ``NS``: ``(row_g, row_s, row_h)``, the
+    32-bit row offsets inside the tile of ``[.., B, G*H]``, ``[.., B, S*H]`` and ``[.., B, H]``
+    tensors, and ``(BH, BG, BS)``, the 64-bit time (or parity) strides of the same tensors."""
+    BH = tl.cast(B, tl.int64) * H
+    return rows * (NG * H), rows * (NS * H), rows * H, BH, NG * BH, NS * BH
 
 
 # ----------------------------------------------------------------------------- the cells

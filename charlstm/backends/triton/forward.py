@@ -71,6 +71,7 @@ from .common import (
     lstm_cell,
     rnn_cell,
     run_schedule,
+    tile_strides,
     tuned_kernels,
 )
 
@@ -119,12 +120,7 @@ def lstm_fwd_kernel(
     OUT_T = hs_ptr.dtype.element_ty
     row0, bmask, L, rows = batch_tile(len_ptr, T, B, HAS_LENGTHS, BLOCK_B)
     G = NG * H
-    row_g = rows * G                 # row offsets inside the tile of [.., B, G*H]
-    row_s = rows * (NS * H)          # ... of [.., B, S*H]
-    row_h = rows * H                 # ... of [.., B, H]
-    BH = tl.cast(B, tl.int64) * H    # the T (or parity) stride of [.., B, H], in 64 bits
-    BG = NG * BH                     # ... of [.., B, G*H]
-    BS = NS * BH                     # ... of [.., B, S*H]
+    row_g, row_s, row_h, BH, BG, BS = tile_strides(rows, B, H, NG, NS)
     # every [.., B, ..] pointer moves to this program's batch tile (64-bit, see batch_tile)
     xproj_ptr += row0 * G
     gates_ptr += row0 * (NS * H)
